@@ -1,0 +1,1 @@
+"""Benchmarks of fxstream against its ceilings and peers."""

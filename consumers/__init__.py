@@ -1,0 +1,1 @@
+"""Sinks: Kafka topics into PostgreSQL, offsets committed after the database commit."""

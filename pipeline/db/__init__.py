@@ -1,0 +1,1 @@
+"""PostgreSQL: schema migrations (Alembic) and connections."""

@@ -1,0 +1,300 @@
+"""One typed settings object for every fxstream process.
+
+Built once, from (lowest to highest precedence) the defaults below, an optional
+YAML file (``FXSTREAM_CONFIG`` or ``--config``), the connection file that
+``fxstream stack up`` writes, and environment variables. It is then passed down;
+nothing reads the environment behind its back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.core.timeframes import parse_timeframe
+from pipeline.symbols import SymbolError, normalize_symbol
+
+DEFAULT_SYMBOLS: tuple[str, ...] = (
+    # The 28 crosses of the eight majors, plus gold and silver.
+    "EUR/USD", "GBP/USD", "USD/JPY", "USD/CHF", "AUD/USD", "USD/CAD", "NZD/USD",
+    "EUR/GBP", "EUR/JPY", "EUR/CHF", "EUR/AUD", "EUR/CAD", "EUR/NZD",
+    "GBP/JPY", "GBP/CHF", "GBP/AUD", "GBP/CAD", "GBP/NZD",
+    "AUD/JPY", "AUD/CHF", "AUD/CAD", "AUD/NZD",
+    "NZD/JPY", "NZD/CHF", "NZD/CAD", "CAD/JPY", "CAD/CHF", "CHF/JPY",
+    "XAU/USD", "XAG/USD",
+)  # fmt: skip
+
+# Environment variables that map onto settings fields. Connection settings use
+# the names users already write; everything else is prefixed FXSTREAM_.
+ENV_FIELDS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP": "kafka_bootstrap",
+    "DATABASE_URL": "database_url",
+    "FXSTREAM_STATE_DIR": "state_dir",
+    "FXSTREAM_SYMBOLS": "symbols",
+    "FXSTREAM_TIMEFRAMES": "timeframes",
+    "FXSTREAM_PARTITIONS": "partitions",
+    "FXSTREAM_REPLICATION_FACTOR": "replication_factor",
+    "FXSTREAM_LATENESS_MS": "lateness_ms",
+    "FXSTREAM_CLOSE_GRACE_MS": "close_grace_ms",
+    "FXSTREAM_DAY_START_MINUTES": "day_start_minutes",
+    "FXSTREAM_FRAME_SIZE": "frame_size",
+    "FXSTREAM_FRAME_LINGER_MS": "frame_linger_ms",
+    "FXSTREAM_SINK_BATCH_SIZE": "sink_batch_size",
+    "FXSTREAM_SINK_BATCH_TIMEOUT_MS": "sink_batch_timeout_ms",
+    "FXSTREAM_STORE": "store",
+    "FXSTREAM_WORKER_GROUP": "worker_group",
+    "FXSTREAM_SINK_GROUP": "sink_group",
+    "FXSTREAM_SESSION_TIMEOUT_S": "session_timeout_s",
+    "FXSTREAM_KAFKA_PORT": "kafka_port",
+    "FXSTREAM_POSTGRES_PORT": "postgres_port",
+    "FXSTREAM_LOG_LEVEL": "log_level",
+}
+
+LIST_FIELDS = {"symbols", "timeframes"}
+
+
+class SettingsError(ValueError):
+    """Bad configuration; the message names the field and what is wrong with it."""
+
+
+class Topics(BaseModel):
+    """Kafka topic names. Every topic is keyed by the canonical symbol."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ticks: str = "fx.ticks"
+    dom: str = "fx.dom"
+    sentiment: str = "fx.sentiment"
+    candles: str = "fx.candles"
+    dom_metrics: str = "fx.dom-metrics"
+    sentiment_metrics: str = "fx.sentiment-metrics"
+    dead_letter: str = "fx.dead-letter"
+
+    def all(self) -> list[str]:
+        return [
+            self.ticks, self.dom, self.sentiment, self.candles,
+            self.dom_metrics, self.sentiment_metrics, self.dead_letter,
+        ]  # fmt: skip
+
+    @field_validator("*")
+    @classmethod
+    def _legal_topic_name(cls, value: str) -> str:
+        if not value or len(value) > 200:
+            raise ValueError("a topic name must have 1 to 200 characters")
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        bad = sorted(set(value) - allowed)
+        if bad:
+            raise ValueError(f"characters {bad!r} are not allowed in a Kafka topic name")
+        return value
+
+
+class Settings(BaseModel):
+    """Everything an fxstream process can be told. Defaults suit the embedded stack."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Connections. Empty means: use the embedded stack's connection file.
+    kafka_bootstrap: str = ""
+    database_url: str = ""
+    state_dir: Path = Path(".fxstream")
+    kafka_port: int = Field(19092, ge=1024, le=65535)
+    postgres_port: int = Field(15432, ge=1024, le=65535)
+
+    # What is processed.
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    timeframes: tuple[str, ...] = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
+    topics: Topics = Topics()
+    partitions: int = Field(6, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1, le=10)
+
+    # Event time.
+    lateness_ms: int = Field(5 * 60_000, ge=0, description="allowed lateness behind newest tick")
+    close_grace_ms: int = Field(2_000, ge=0, description="wall-clock grace before closing a bar")
+    day_start_minutes: int = Field(0, ge=0, lt=1440, description="UTC minute of the daily roll")
+
+    # Batching.
+    frame_size: int = Field(500, ge=1, le=100_000)
+    frame_linger_ms: int = Field(20, ge=0, le=60_000)
+    sink_batch_size: int = Field(5_000, ge=1, le=1_000_000)
+    sink_batch_timeout_ms: int = Field(200, ge=1, le=60_000)
+
+    # Worker.
+    store: Literal["memory", "rocksdb"] = "memory"
+    worker_group: str = "fxstream-worker"
+    sink_group: str = "fxstream-sink"
+    session_timeout_s: float = Field(10.0, ge=3, le=300)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # True when the connections came from the environment or the YAML file, not from
+    # the embedded stack's connection file: commands then start nothing themselves.
+    external_stack: bool = False
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_form(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{part.strip()!r} is not host:port; write KAFKA_BOOTSTRAP as "
+                    "host:port[,host:port]"
+                )
+        return ",".join(p.strip() for p in value.split(","))
+
+    @field_validator("database_url")
+    @classmethod
+    def _libpq_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        scheme = urlsplit(value).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"scheme {scheme!r} is not a libpq URL; write DATABASE_URL as "
+                "postgresql://user@host:port/dbname"
+            )
+        return value
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _canonical_symbols(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [s for s in value.split(",") if s.strip()]
+        out: list[str] = []
+        for raw in value:
+            try:
+                sym = normalize_symbol(str(raw))
+            except SymbolError as exc:
+                raise ValueError(str(exc)) from None
+            if sym not in out:
+                out.append(sym)
+        if not out:
+            raise ValueError("at least one symbol is needed")
+        return tuple(out)
+
+    @field_validator("timeframes", mode="before")
+    @classmethod
+    def _known_timeframes(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        names = [str(v) for v in value]
+        if not names:
+            raise ValueError("at least one timeframe is needed")
+        for name in names:
+            parse_timeframe(name)  # raises ValueError naming the bad one
+        if len(set(names)) != len(names):
+            raise ValueError("timeframes repeat")
+        return tuple(sorted(names, key=lambda n: parse_timeframe(n).ms))
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.kafka_port in (self.postgres_port, self.postgres_port + 1) or (
+            self.kafka_port + 1 == self.postgres_port
+        ):
+            raise ValueError(
+                "kafka_port, kafka_port+1 (controller) and postgres_port must all differ"
+            )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL in the form SQLAlchemy wants for psycopg 3."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def connection_file(self) -> Path:
+        return self.state_dir / "connection.env"
+
+    def require_connections(self) -> Settings:
+        """Fail with a clear message when neither env nor a running stack gives them."""
+        missing = [
+            name for name, v in (("KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                                 ("DATABASE_URL", self.database_url)) if not v
+        ]  # fmt: skip
+        if missing:
+            raise SettingsError(
+                f"{' and '.join(missing)} not set and no running embedded stack found in "
+                f"{self.state_dir}: run `fxstream stack up`, or set the variables to use an "
+                "external Kafka and PostgreSQL"
+            )
+        return self
+
+
+def read_connection_file(path: Path) -> dict[str, str]:
+    """Parse the KEY=VALUE file that `fxstream stack up` writes."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _format_error(exc: ValidationError, source: str) -> SettingsError:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"setting {field!r}: {msg} (got {err.get('input')!r})")
+    return SettingsError(f"bad settings from {source}:\n  " + "\n  ".join(lines))
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings: defaults < YAML file < connection file < environment < overrides."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    sources: list[str] = []
+
+    config_file = config_file or env.get("FXSTREAM_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SettingsError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {str(path)!r} must hold a mapping of settings")
+        values.update(loaded)
+        sources.append(str(path))
+
+    for var, field in ENV_FIELDS.items():
+        if env.get(var, "").strip():
+            values[field] = env[var]
+            sources.append(var)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    # The embedded stack's connection file fills in what env and YAML left empty.
+    values["external_stack"] = bool(values.get("kafka_bootstrap") and values.get("database_url"))
+    state_dir = Path(values.get("state_dir") or Settings.model_fields["state_dir"].default)
+    conn = read_connection_file(state_dir / "connection.env")
+    for var in ("KAFKA_BOOTSTRAP", "DATABASE_URL"):
+        field = ENV_FIELDS[var]
+        if not values.get(field) and conn.get(var):
+            values[field] = conn[var]
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise _format_error(exc, ", ".join(sources) or "defaults") from None

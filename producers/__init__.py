@@ -1,0 +1,1 @@
+"""Producers: cTrader, CSV replay and synthetic ticks, framed per symbol."""

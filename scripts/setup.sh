@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything fxstream needs on a fresh Debian machine: system packages
+# (Java 17, Maven, PostgreSQL 15) when they are missing, a virtualenv with the
+# project and its pinned dependencies, and the Kafka jars through Maven.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+need_pkgs=()
+command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need_pkgs+=(maven)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_pkgs+=(postgresql-15)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "fxstream setup: missing system packages: ${need_pkgs[*]}; install them (needs root)." >&2
+    exit 1
+  fi
+  echo "fxstream setup: installing ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null 2>&1 || py=python3
+stamp=".venv/.fxstream-installed"
+if [ ! -x .venv/bin/python ]; then
+  echo "fxstream setup: creating .venv"
+  "$py" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "fxstream setup: installing Python packages"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev,rocksdb,bench]"
+  touch "$stamp"
+fi
+
+# Resolve the Kafka jars once (Maven caches them; a second run downloads nothing).
+.venv/bin/fxstream stack fetch
