@@ -1,0 +1,299 @@
+"""Folding ticks into OHLC bars: the pure heart of fxstream.
+
+A symbol's whole candle state is one plain, JSON-able dict (`CandleState`): the
+bars still inside the lateness horizon for every timeframe, the newest event
+time, the previous accepted quote and the last applied source offset. The
+worker keeps it in a Faust table keyed by symbol and writes it once per
+message; backfill and the benchmarks call the same functions.
+
+Semantics:
+- price = (bid + ask) / 2, or the side present when one is absent.
+- Bars are labelled by their open time and cover [start, start + duration).
+- open = the first tick in event-time order (ties keep arrival order), close =
+  the last (ties: the later arrival), high/low = max/min, tick_volume = count,
+  volume = sum of tick volumes (0 when absent).
+- A tick equal in (ts_ms, bid, ask) to the symbol's previous accepted tick is a
+  re-sent quote and counts once.
+- A tick more than ``lateness_ms`` behind the symbol's newest tick is rejected as
+  "late"; a later tick inside the lateness revises its bar, which is sent again.
+- A bar is complete once a tick at or past its end arrives, or once the wall
+  clock passes its end plus ``close_grace_ms``.
+- Messages at or below the last applied offset are skipped, so a replay after a
+  crash does not count anything twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
+
+from pipeline.core.ticks import TickError, parse_tick
+from pipeline.core.timeframes import Timeframe, parse_timeframe
+
+STATE_VERSION = 1
+
+# A bar is a list, for speed and a compact changelog:
+START, OPEN, HIGH, LOW, CLOSE, COUNT, VOLUME, OPEN_TS, CLOSE_TS, DONE = range(10)
+# DONE: 1 once the bar has been emitted complete and not changed since.
+
+
+@dataclass(frozen=True)
+class CandleConfig:
+    timeframes: tuple[Timeframe, ...]
+    lateness_ms: int = 300_000
+    close_grace_ms: int = 2_000
+    day_start_ms: int = 0
+    known_symbols: frozenset[str] | None = None  # None: accept every valid symbol
+    bucket_ms: int = field(init=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.timeframes:
+            raise ValueError("at least one timeframe is needed")
+        # Ticks are pre-aggregated per bucket of the greatest common divisor of all
+        # durations (and the day offset), which nests inside every timeframe's bars.
+        gcd = reduce(math.gcd, [tf.ms for tf in self.timeframes])
+        if self.day_start_ms:
+            gcd = math.gcd(gcd, self.day_start_ms)
+        object.__setattr__(self, "bucket_ms", gcd)
+        names = ",".join(tf.name for tf in self.timeframes)
+        object.__setattr__(self, "fingerprint", f"{names}@{self.day_start_ms}")
+
+    @classmethod
+    def from_names(cls, names: tuple[str, ...] | list[str], **kw: Any) -> CandleConfig:
+        return cls(tuple(parse_timeframe(n) for n in names), **kw)
+
+
+@dataclass
+class Rejected:
+    index: int  # position in the frame (0 for a single tick)
+    reason: str
+    detail: str
+    tick: Any
+
+
+@dataclass
+class FoldResult:
+    state: dict[str, Any]
+    candles: list[dict[str, Any]]
+    rejected: list[Rejected]
+    skipped: bool = False  # the message was applied before (offset at or below the state's)
+    accepted: int = 0
+    duplicates: int = 0
+
+
+def new_state(symbol: str, config: CandleConfig) -> dict[str, Any]:
+    return {
+        "v": STATE_VERSION, "cfg": config.fingerprint, "symbol": symbol, "offset": -1,
+        "max_ts": None, "prev": None, "provider": None,
+        "bars": {tf.name: [] for tf in config.timeframes},
+        "counts": {"ticks": 0, "duplicates": 0, "late": 0, "rejected": 0},
+    }  # fmt: skip
+
+
+def upgrade_state(state: dict[str, Any] | None, symbol: str,
+                  config: CandleConfig) -> dict[str, Any]:
+    """Bring a stored state to this version and configuration.
+
+    State written under other timeframes or another day start keeps its offset,
+    newest time and previous quote, but not bars it would misread.
+    """
+    if state is None:
+        return new_state(symbol, config)
+    if state.get("v") != STATE_VERSION:
+        raise ValueError(f"candle state of {symbol} has version {state.get('v')!r}, "
+                         f"this fxstream reads version {STATE_VERSION}")
+    if state.get("cfg") != config.fingerprint:
+        fresh = new_state(symbol, config)
+        for key in ("offset", "max_ts", "prev", "provider", "counts"):
+            fresh[key] = state[key]
+        return fresh
+    return state
+
+
+def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: int,
+         now_ms: int, config: CandleConfig) -> FoldResult:
+    """Apply one message (``ticks`` from source ``offset``) to a symbol's state.
+
+    ``ticks`` are raw decoded JSON objects; each is checked here. ``symbol`` is the
+    message key, already canonical. The input state is not modified.
+    """
+    state = upgrade_state(state, symbol, config)
+    if offset <= state["offset"]:
+        return FoldResult(state, [], [], skipped=True)
+
+    lateness = config.lateness_ms
+    known = config.known_symbols
+    bucket_ms = config.bucket_ms
+    max_ts = state["max_ts"]
+    prev = tuple(state["prev"]) if state["prev"] else None
+    provider = state["provider"]
+    rejected: list[Rejected] = []
+    duplicates = 0
+    accepted = 0
+
+    # Pending partial bar of the current bucket: [bucket, o, h, l, c, n, vol, ots, cts].
+    partials: list[list[Any]] = []
+    part: list[Any] | None = None
+    part_bucket = None
+
+    for index, raw in enumerate(ticks):
+        try:
+            tick = parse_tick(raw)
+        except TickError as exc:
+            rejected.append(Rejected(index, exc.reason, exc.detail, raw))
+            continue
+        if tick.symbol != symbol:
+            reason = "symbol_mismatch"
+            rejected.append(Rejected(index, reason,
+                                     f"tick for {tick.symbol} in a message keyed {symbol}", raw))
+            continue
+        if known is not None and symbol not in known:
+            rejected.append(Rejected(index, "unknown_symbol",
+                                     f"{symbol} is not among the configured symbols", raw))
+            continue
+        ts, bid, ask = tick.ts_ms, tick.bid, tick.ask
+        if prev is not None and prev[0] == ts and prev[1] == bid and prev[2] == ask:
+            duplicates += 1
+            continue
+        if max_ts is not None and ts < max_ts - lateness:
+            rejected.append(Rejected(index, "late", f"{max_ts - ts} ms behind the newest tick "
+                                     f"of {symbol} (allowed {lateness} ms)", raw))
+            continue
+        prev = (ts, bid, ask)
+        accepted += 1
+        if max_ts is None or ts > max_ts:
+            max_ts = ts
+        if tick.provider is not None:
+            provider = tick.provider
+        price = (bid + ask) / 2 if bid is not None and ask is not None else (
+            bid if bid is not None else ask)
+        vol = tick.volume
+        bucket = ts - ts % bucket_ms
+        if bucket != part_bucket or part is None:
+            part = [bucket, price, price, price, price, 1, vol, ts, ts]
+            partials.append(part)
+            part_bucket = bucket
+            continue
+        if price > part[2]:
+            part[2] = price
+        elif price < part[3]:
+            part[3] = price
+        if ts < part[7]:
+            part[1] = price
+            part[7] = ts
+        if ts >= part[8]:
+            part[4] = price
+            part[8] = ts
+        part[5] += 1
+        part[6] += vol
+
+    new = {
+        **state, "offset": offset, "max_ts": max_ts, "prev": list(prev) if prev else None,
+        "provider": provider,
+        "counts": {
+            "ticks": state["counts"]["ticks"] + accepted,
+            "duplicates": state["counts"]["duplicates"] + duplicates,
+            "late": state["counts"]["late"] + sum(r.reason == "late" for r in rejected),
+            "rejected": state["counts"]["rejected"] + len(rejected),
+        },
+    }
+    candles: list[dict[str, Any]] = []
+    new_bars: dict[str, list[list[Any]]] = {}
+    for tf in config.timeframes:
+        bars = {bar[START]: list(bar) for bar in state["bars"].get(tf.name, ())}
+        dirty: set[int] = set()
+        for p in partials:
+            start = tf.start_of(p[0], config.day_start_ms)
+            bar = bars.get(start)
+            if bar is None:
+                bars[start] = [start, p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], 0]
+            else:
+                _merge(bar, p)
+            dirty.add(start)
+        new_bars[tf.name] = _emit_and_evict(bars, dirty, tf, max_ts, now_ms, config, symbol,
+                                            provider, candles)
+    new["bars"] = new_bars
+    return FoldResult(new, candles, rejected, accepted=accepted, duplicates=duplicates)
+
+
+def _merge(bar: list[Any], p: list[Any]) -> None:
+    if p[2] > bar[HIGH]:
+        bar[HIGH] = p[2]
+    if p[3] < bar[LOW]:
+        bar[LOW] = p[3]
+    if p[7] < bar[OPEN_TS]:
+        bar[OPEN] = p[1]
+        bar[OPEN_TS] = p[7]
+    if p[8] >= bar[CLOSE_TS]:
+        bar[CLOSE] = p[4]
+        bar[CLOSE_TS] = p[8]
+    bar[COUNT] += p[5]
+    bar[VOLUME] += p[6]
+    bar[DONE] = 0
+
+
+def _emit_and_evict(bars: dict[int, list[Any]], dirty: set[int], tf: Timeframe,
+                    max_ts: int | None, now_ms: int, config: CandleConfig, symbol: str,
+                    provider: str | None, out: list[dict[str, Any]]) -> list[list[Any]]:
+    keep: list[list[Any]] = []
+    horizon = None if max_ts is None else max_ts - config.lateness_ms
+    for start in sorted(bars):
+        bar = bars[start]
+        end = start + tf.ms
+        complete = (max_ts is not None and end <= max_ts) or end + config.close_grace_ms <= now_ms
+        changed = start in dirty
+        if changed or (complete and not bar[DONE]):
+            out.append(candle_record(symbol, tf.name, bar, complete, provider))
+            bar[DONE] = 1 if complete else 0
+            changed = True
+        # Bars no late tick can reach any more leave the state, but only once their
+        # final version went out in an earlier message (so recovery can re-send it).
+        if bar[DONE] and not changed and horizon is not None and end <= horizon:
+            continue
+        keep.append(bar)
+    return keep
+
+
+def candle_record(symbol: str, timeframe: str, bar: list[Any], complete: bool,
+                  provider: str | None) -> dict[str, Any]:
+    """A bar as a candle message (schemas/candle.v1.json)."""
+    return {
+        "v": 1, "symbol": symbol, "timeframe": timeframe, "ts_utc": bar[START],
+        "open": bar[OPEN], "high": bar[HIGH], "low": bar[LOW], "close": bar[CLOSE],
+        "tick_volume": bar[COUNT], "volume": bar[VOLUME], "complete": complete,
+        "provider_source": provider,
+    }  # fmt: skip
+
+
+def closed_by_clock(state: dict[str, Any], now_ms: int, config: CandleConfig
+                    ) -> list[dict[str, Any]]:
+    """Bars that the wall clock has closed (end + grace passed) but no tick has yet.
+
+    The caller cannot write the state outside a message, so it remembers what it
+    sent; the next message closes these bars by event time or clock as usual.
+    """
+    out: list[dict[str, Any]] = []
+    grace = config.close_grace_ms
+    max_ts = state.get("max_ts")
+    for tf in config.timeframes:
+        for bar in state["bars"].get(tf.name, ()):
+            end = bar[START] + tf.ms
+            if not bar[DONE] and end + grace <= now_ms and (max_ts is None or end > max_ts):
+                out.append(candle_record(state["symbol"], tf.name, bar, True, state["provider"]))
+    return out
+
+
+def all_bars(state: dict[str, Any], now_ms: int, config: CandleConfig) -> list[dict[str, Any]]:
+    """Every bar still held, as it should stand now: what recovery re-sends."""
+    out: list[dict[str, Any]] = []
+    max_ts = state.get("max_ts")
+    for tf in config.timeframes:
+        for bar in state["bars"].get(tf.name, ()):
+            end = bar[START] + tf.ms
+            complete = bool(bar[DONE]) or (max_ts is not None and end <= max_ts) or (
+                end + config.close_grace_ms <= now_ms)
+            out.append(candle_record(state["symbol"], tf.name, bar, complete, state["provider"]))
+    return out
