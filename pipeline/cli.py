@@ -185,11 +185,136 @@ def db_migrate(ctx: typer.Context) -> None:
         console.print(f"database schema: {before or 'empty'} -> {after}")
 
 
+# --- producers --------------------------------------------------------------------------------
+
+
+@produce_app.command("replay")
+def produce_replay(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="tick CSV")],
+    speed: Annotated[str, typer.Option(help="max, realtime or <N>x")] = "max",
+    frame_size: Annotated[int | None, typer.Option(min=1, help="ticks per message")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Publish a tick CSV (symbol,ts_ms,bid,ask,volume) in file order, framed per symbol."""
+    from producers.csv_ticks import CsvHeaderError
+    from producers.replay import parse_speed, replay_csv
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        factor = parse_speed(speed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--speed") from None
+    _ensure_topics(settings)
+    try:
+        report = replay_csv(settings, file, speed=factor, frame_size=frame_size,
+                            progress=progress)
+    except CsvHeaderError as exc:
+        err_console.print(f"[red]fxstream:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"replayed {report.ticks} ticks in {report.messages} messages from "
+                  f"{report.rows} rows in {report.seconds:.1f} s; {report.bad_rows} bad rows "
+                  f"sent to {settings.topics.dead_letter}")
+
+
+@produce_app.command("synthetic")
+def produce_synthetic(
+    ctx: typer.Context,
+    symbols: Annotated[str, typer.Option(help="comma-separated; default: the settings' list")] = "",
+    rate: Annotated[float, typer.Option(min=0.001, help="ticks per second, all symbols")] = 1000,
+    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until interrupted")] = 60,
+    count: Annotated[int | None, typer.Option(min=1, help="stop after this many ticks")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same ticks")] = 0,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="do not pace to --rate")] = False,
+    frame_size: Annotated[int | None, typer.Option(min=1, help="ticks per message")] = None,
+) -> None:
+    """Publish realistic generated ticks (random-walk mids, real pip sizes, bursty arrivals)."""
+    from pipeline.symbols import SymbolError, normalize_symbol
+    from producers.synthetic_run import run_synthetic
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        names = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] or list(
+            settings.symbols)
+    except SymbolError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--symbols") from None
+    _ensure_topics(settings)
+    report = run_synthetic(settings, names, rate=rate, duration_s=duration or None, count=count,
+                           seed=seed, paced=not max_speed, frame_size=frame_size,
+                           live_time=not max_speed)
+    console.print(f"published {report.ticks} ticks in {report.messages} messages in "
+                  f"{report.seconds:.1f} s ({report.ticks / max(report.seconds, 1e-9):,.0f}/s)")
+
+
+def _ensure_topics(settings: Settings) -> None:
+    from pipeline.topics import create_topics
+
+    create_topics(settings.require_connections())
+
+
+# --- worker, sink, status ------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker(ctx: typer.Context) -> None:
+    """Run the Faust worker (candle agent). Scale out by starting more with the same settings."""
+    from pipeline.worker.run import run_worker
+
+    settings = settings_of(ctx).require_connections()
+    setup_logging(settings)
+    run_worker(settings)
+
+
+@app.command("sink")
+def sink(ctx: typer.Context) -> None:
+    """Run the PostgreSQL sink for candles. Scale out by starting more."""
+    from consumers.candle_sink import run_sink
+
+    settings = settings_of(ctx).require_connections()
+    setup_logging(settings)
+    stats = run_sink(settings)
+    console.print(f"sink stopped: {stats.rows} rows in {stats.batches} batches")
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Per-partition lag of the worker and sink groups, and the newest bar per symbol."""
+    from pipeline.monitor import group_lag, newest_bars
+
+    settings = settings_of(ctx).require_connections()
+    for group, topic in ((settings.worker_group, settings.topics.ticks),
+                         (settings.sink_group, settings.topics.candles)):
+        table = Table(title=f"group {group} on {topic}")
+        for col in ("partition", "committed", "end", "lag"):
+            table.add_column(col, justify="right")
+        for row in group_lag(settings, group, topic):
+            table.add_row(str(row.partition), str(row.committed), str(row.end), str(row.lag))
+        console.print(table)
+    bars = Table(title="newest bar per symbol (1m)")
+    for col in ("symbol", "open time (UTC)", "open", "high", "low", "close", "ticks",
+                "complete"):
+        bars.add_column(col)
+    for b in newest_bars(settings):
+        bars.add_row(b["symbol"], b["opened"], *(f"{b[k]:.5f}" for k in
+                     ("open", "high", "low", "close")), str(b["tick_volume"]), str(b["complete"]))
+    console.print(bars)
+
+
 @app.command("demo")
-def demo(ctx: typer.Context) -> None:
-    """Bring the embedded stack up, create topics, migrate, and show it healthy."""
+def demo(
+    ctx: typer.Context,
+    rate: Annotated[float, typer.Option(min=1, help="synthetic ticks per second")] = 2000,
+    symbols: Annotated[int, typer.Option(min=1, max=30, help="how many symbols")] = 8,
+) -> None:
+    """The main job on the embedded stack: synthetic ticks -> worker -> sink -> PostgreSQL,
+    with a live view of forming and closed bars, until interrupted."""
+    from pipeline.demo import run_demo
+
     stack_up(ctx)
-    stack_status(ctx)
+    settings = settings_of(ctx).require_connections()
+    run_demo(settings, rate=rate, symbol_count=symbols, console=console)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The Faust worker: thin adapters around the pure core."""

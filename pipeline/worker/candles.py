@@ -1,0 +1,176 @@
+"""The candle agent: tick frames in, bars out, state in a Faust table keyed by symbol.
+
+All the logic is in pipeline.core.candles; this module decodes messages, calls the
+fold once per message, writes the symbol's state once, and sends what the fold
+returned. Agent concurrency stays 1: with more, Faust can commit offsets past
+messages still being processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+
+from pipeline.core.candles import CandleConfig, all_bars, closed_by_clock, fold, upgrade_state
+from pipeline.core.deadletters import dead_letter, dead_letter_key
+from pipeline.settings import Settings
+from pipeline.symbols import SymbolError, normalize_symbol
+
+log = logging.getLogger("fxstream.worker.candles")
+
+CHANGELOG_CONFIG = {
+    # Kafka compacts only closed segments: roll them often so that recovery reads
+    # little more than one record per symbol.
+    "segment.ms": "60000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "cleanup.policy": "compact",
+}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class CandleWorkerStats:
+    messages: int = 0
+    ticks: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    candles: int = 0
+    owned: dict[str, int] = field(default_factory=dict)  # symbol -> source partition
+    clock_sent: set[tuple[str, str, int]] = field(default_factory=set)
+
+
+def candle_config(settings: Settings) -> CandleConfig:
+    return CandleConfig.from_names(
+        settings.timeframes, lateness_ms=settings.lateness_ms,
+        close_grace_ms=settings.close_grace_ms, day_start_ms=settings.day_start_minutes * 60_000,
+        known_symbols=frozenset(settings.symbols),
+    )
+
+
+def install_candle_agent(app: faust.App, settings: Settings) -> CandleWorkerStats:
+    """Register the agent, its table, the wall-clock timer and the recovery re-send."""
+    config = candle_config(settings)
+    topics = settings.topics
+    ticks_topic = app.topic(topics.ticks, key_type=bytes, value_type=bytes,
+                            partitions=settings.partitions)
+    candles_topic = app.topic(topics.candles, key_type=bytes, value_type=bytes,
+                              partitions=settings.partitions)
+    dlq_topic = app.topic(topics.dead_letter, key_type=bytes, value_type=bytes,
+                          partitions=settings.partitions)
+    table = app.Table("candle-state", default=None, partitions=settings.partitions,
+                      key_type=bytes, value_type=bytes, extra_topic_configs=CHANGELOG_CONFIG)
+    stats = CandleWorkerStats()
+
+    async def send_candles(key: bytes, candles: list[dict[str, Any]]) -> None:
+        for candle in candles:
+            await candles_topic.send(key=key, value=orjson.dumps(candle))
+        stats.candles += len(candles)
+
+    async def send_dead(record: dict[str, Any]) -> None:
+        stats.rejected += 1
+        await dlq_topic.send(key=dead_letter_key(record), value=orjson.dumps(record))
+
+    @app.agent(ticks_topic, concurrency=1)
+    async def candle_agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            stats.messages += 1
+            key: bytes | None = msg.key
+            where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
+            try:
+                value = orjson.loads(msg.value)
+            except orjson.JSONDecodeError as exc:
+                await send_dead(dead_letter(reason="invalid_json", detail=str(exc),
+                                            stage="worker", index=None, payload=msg.value,
+                                            symbol=None, now_ms=now_ms(), **where))
+                continue
+            symbol = _canonical_key(key)
+            if symbol is None or symbol.encode() != key:
+                detail = ("message has no key" if key is None else
+                          f"key {key!r} is not a canonical symbol; producers must key by "
+                          "it (e.g. 'EUR/USD') so one partition holds each symbol")
+                await send_dead(dead_letter(reason="bad_key", detail=detail, stage="worker",
+                                            index=None, payload=msg.value, symbol=symbol,
+                                            now_ms=now_ms(), **where))
+                continue
+            ticks = value if isinstance(value, list) else [value]
+            result = fold(_load(table.get(key)), symbol, ticks, msg.offset, now_ms(), config)
+            if result.skipped:
+                stats.skipped += 1
+                continue
+            stats.ticks += result.accepted
+            stats.owned[symbol] = msg.partition
+            for rej in result.rejected:
+                await send_dead(dead_letter(
+                    reason=rej.reason, detail=rej.detail, stage="worker",
+                    index=rej.index if isinstance(value, list) else None, payload=rej.tick,
+                    symbol=symbol, now_ms=now_ms(), **where))
+            await send_candles(key, result.candles)
+            result.state["partition"] = msg.partition
+            table[key] = orjson.dumps(result.state)
+
+    @app.timer(interval=1.0)
+    async def close_quiet_bars() -> None:
+        """Close bars whose end plus grace the wall clock has passed without a tick."""
+        now = now_ms()
+        for symbol in list(stats.owned):
+            raw = table.get(symbol.encode())
+            if raw is None:
+                continue
+            state = upgrade_state(orjson.loads(raw), symbol, config)
+            fresh = []
+            for candle in closed_by_clock(state, now, config):
+                ident = (symbol, candle["timeframe"], candle["ts_utc"])
+                if ident not in stats.clock_sent:
+                    stats.clock_sent.add(ident)
+                    fresh.append(candle)
+            await send_candles(symbol.encode(), fresh)
+        if len(stats.clock_sent) > 100_000:
+            stats.clock_sent.clear()
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set[Any], **kw: Any) -> None:
+        lost = {tp.partition for tp in revoked if tp.topic == topics.ticks}
+        for symbol, partition in list(stats.owned.items()):
+            if partition in lost:
+                del stats.owned[symbol]
+
+    @table.on_recover
+    async def resend_after_recovery() -> None:
+        """Re-send every bar still held: a changelog record can reach the broker while
+        the same message's bars did not, and the sink's upsert makes repeats harmless."""
+        now = now_ms()
+        count = 0
+        for key, raw in list(table.items()):
+            if raw is None:
+                continue
+            state = upgrade_state(orjson.loads(raw), key.decode(), config)
+            if isinstance(state.get("partition"), int):
+                stats.owned[state["symbol"]] = state["partition"]
+            candles = all_bars(state, now, config)
+            await send_candles(key, candles)
+            count += len(candles)
+        log.info("recovered candle state of %d symbols; re-sent %d bars", len(table), count)
+
+    return stats
+
+
+def _canonical_key(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return normalize_symbol(key.decode("utf-8", errors="strict"))
+    except (UnicodeDecodeError, SymbolError):
+        return None
+
+
+def _load(raw: bytes | None) -> dict[str, Any] | None:
+    return None if raw is None else orjson.loads(raw)
