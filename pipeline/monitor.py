@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.settings import Settings
 
@@ -32,13 +33,29 @@ def group_lag(settings: Settings, group: str, topic: str, timeout_s: float = 10.
         committed = consumer.committed(tps, timeout=timeout_s)
         out = []
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            low, high = _watermarks(consumer, tp, timeout_s)
             done = tp.offset if tp.offset >= 0 else None
             out.append(PartitionLag(tp.partition, done, high, high - (done if done is not None
                                                                       else low)))
         return out
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """Watermarks, retried through the moments after a topic's creation or a broker restart
+    when its partitions have no leader yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if (not err.retriable() and err.code() != KafkaError.NOT_LEADER_FOR_PARTITION) or (
+                    time.monotonic() > deadline):
+                raise
+            time.sleep(0.2)
 
 
 def total_lag(settings: Settings, group: str, topic: str) -> int:

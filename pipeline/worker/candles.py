@@ -160,6 +160,12 @@ def install_candle_agent(app: faust.App, settings: Settings) -> CandleWorkerStat
             count += len(candles)
         log.info("recovered candle state of %d symbols; re-sent %d bars", len(table), count)
 
+    @app.on_before_shutdown.connect
+    async def report(app: faust.App, **kw: Any) -> None:
+        log.info("candle worker stopping: %d messages, %d ticks, %d skipped as already "
+                 "applied, %d rejected, %d candles sent", stats.messages, stats.ticks,
+                 stats.skipped, stats.rejected, stats.candles)
+
     return stats
 
 
