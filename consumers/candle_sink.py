@@ -14,6 +14,7 @@ the sink pauses its partitions, keeps its group membership, and retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -251,10 +252,8 @@ class CandleSink:
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._conn.close()
-            except Exception:
-                pass
             self._conn = None
 
     def _dead_letter(self, msg: Message, reason_detail: str) -> None:

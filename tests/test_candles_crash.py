@@ -58,8 +58,8 @@ def test_worker_killed_at_random_points(make_settings: Callable[..., Settings], 
         for round_no in range(3):
             worker = Proc(settings, ["worker"], tmp_path / f"worker-{round_no}.log")
             target += rng.randint(800, 2500)
-            wait_for(lambda: committed_total(settings, settings.worker_group,
-                                             settings.topics.ticks) >= target,
+            wait_for(lambda t=target: committed_total(settings, settings.worker_group,
+                                                      settings.topics.ticks) >= t,
                      120, f"the worker to get past offset total {target}")
             worker.kill9()
         worker = Proc(settings, ["worker"], tmp_path / "worker-final.log")
@@ -85,7 +85,7 @@ def test_sink_killed_at_random_points(make_settings: Callable[..., Settings], tm
         for round_no in range(3):
             sink = Proc(settings, ["sink"], tmp_path / f"sink-{round_no}.log")
             target += rng.randint(2_000, 8_000)
-            wait_for(lambda: sink_offsets_total(settings) >= target, 120,
+            wait_for(lambda t=target: sink_offsets_total(settings) >= t, 120,
                      f"the sink to store offsets past {target}")
             sink.kill9()
         sink = Proc(settings, ["sink"], tmp_path / "sink-final.log")
