@@ -307,6 +307,7 @@ def demo(
     ctx: typer.Context,
     rate: Annotated[float, typer.Option(min=1, help="synthetic ticks per second")] = 2000,
     symbols: Annotated[int, typer.Option(min=1, max=30, help="how many symbols")] = 8,
+    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until Ctrl-C")] = 0,
 ) -> None:
     """The main job on the embedded stack: synthetic ticks -> worker -> sink -> PostgreSQL,
     with a live view of forming and closed bars, until interrupted."""
@@ -314,7 +315,7 @@ def demo(
 
     stack_up(ctx)
     settings = settings_of(ctx).require_connections()
-    run_demo(settings, rate=rate, symbol_count=symbols, console=console)
+    run_demo(settings, rate=rate, symbol_count=symbols, console=console, duration_s=duration)
 
 
 def main() -> None:

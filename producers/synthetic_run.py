@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.settings import Settings
 from producers.kafka_io import TickPublisher
@@ -35,7 +36,7 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
     report = SyntheticReport()
     wall_start = time.monotonic()
     first_ts: int | None = None
-    for tick in generator.ticks(count=count, duration_s=duration_s):
+    for tick in _stream(generator, count, duration_s):
         if paced:
             first_ts = tick["ts_ms"] if first_ts is None else first_ts
             due = wall_start + (tick["ts_ms"] - first_ts) / 1000
@@ -54,3 +55,13 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
     report.messages = publisher.sent_messages
     report.seconds = time.monotonic() - wall_start
     return report
+
+
+def _stream(generator: SyntheticTicks, count: int | None, duration_s: float | None
+            ) -> Iterator[dict[str, Any]]:
+    """The generator's ticks; with neither count nor duration, without end."""
+    if count is not None or duration_s is not None:
+        yield from generator.ticks(count=count, duration_s=duration_s)
+        return
+    while True:
+        yield from generator.ticks(duration_s=60.0)

@@ -1,0 +1,150 @@
+"""The main job: synthetic ticks -> worker -> sink -> PostgreSQL, watched live.
+
+The worker and the sink run as their own processes (as they would be deployed);
+the synthetic producer runs in a thread of this one; a rich view shows the
+forming and the last closed 1m bar of every symbol, read back from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from pipeline.monitor import total_lag
+from pipeline.settings import Settings
+
+
+def _spawn(settings: Settings, command: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config = log_dir / "demo-settings.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json",
+                                                         exclude={"external_stack"})))
+    log = log_dir / f"{command}.log"
+    exe = Path(sys.executable).with_name("fxstream")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    with open(log, "ab") as handle:
+        proc = subprocess.Popen([*cmd, "--config", str(config), command], stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def _bars(settings: Settings, symbols: list[str]) -> dict[str, dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    out: dict[str, dict[str, Any]] = {s: {} for s in symbols}
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=3,
+                             row_factory=dict_row) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (symbol, complete) symbol, complete, ts_utc, open, high, "
+                "low, close, tick_volume FROM market_data_candles WHERE timeframe = '1m' "
+                "AND symbol = ANY(%s) ORDER BY symbol, complete, ts_utc DESC", (symbols,)
+            ).fetchall()
+    except psycopg.Error:
+        return out
+    for row in rows:
+        out[row["symbol"]]["closed" if row["complete"] else "forming"] = row
+    return out
+
+
+def _view(settings: Settings, symbols: list[str], produced: int, started: float,
+          lag: tuple[int | str, int | str]) -> Group:
+    table = Table(title="fxstream: 1m bars per symbol, read back from PostgreSQL")
+    for col in ("symbol", "forming bar (UTC)", "O", "H", "L", "C", "ticks", "last closed bar",
+                "C", "ticks"):
+        table.add_column(col, justify="right" if col not in ("symbol",) else "left")
+    for symbol, bars in _bars(settings, symbols).items():
+        forming, closed = bars.get("forming"), bars.get("closed")
+        row = [symbol]
+        if forming:
+            row += [_hhmm(forming["ts_utc"]), *(f"{forming[k]:.5g}" for k in
+                    ("open", "high", "low", "close")), str(forming["tick_volume"])]
+        else:
+            row += ["-"] * 6
+        if closed:
+            row += [_hhmm(closed["ts_utc"]), f"{closed['close']:.5g}", str(closed["tick_volume"])]
+        else:
+            row += ["-"] * 3
+        table.add_row(*row)
+    elapsed = time.monotonic() - started
+    footer = Table.grid(padding=(0, 3))
+    footer.add_row(f"ticks produced: {produced:,} ({produced / max(elapsed, 1e-9):,.0f}/s)",
+                   f"worker lag: {lag[0]} messages", f"sink lag: {lag[1]} messages",
+                   "Ctrl-C to stop")
+    return Group(table, footer)
+
+
+def _hhmm(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%H:%M")
+
+
+def run_demo(settings: Settings, rate: float, symbol_count: int, console: Console,
+             duration_s: float = 0.0) -> int:
+    """Run until interrupted (or for duration_s); returns the number of ticks produced."""
+    from pipeline.db.migrate import migrate
+    from producers.synthetic_run import run_synthetic
+
+    symbols = list(settings.symbols[:symbol_count])
+    migrate(settings)
+    log_dir = settings.state_dir / "logs"
+    worker, worker_log = _spawn(settings, "worker", log_dir)
+    sink, sink_log = _spawn(settings, "sink", log_dir)
+    console.print(f"worker log: {worker_log}\nsink log: {sink_log}")
+
+    stop = threading.Event()
+    produced = [0]
+
+    def produce() -> None:
+        run_synthetic(settings, symbols, rate=rate, duration_s=None, paced=True,
+                      live_time=True, should_stop=stop.is_set,
+                      on_progress=lambda n: produced.__setitem__(0, n))
+
+    thread = threading.Thread(target=produce, name="synthetic-producer", daemon=True)
+    thread.start()
+    started = time.monotonic()
+    interrupted = False
+    try:
+        with Live(console=console, refresh_per_second=2, screen=False) as live:
+            while not duration_s or time.monotonic() - started < duration_s:
+                for name, proc, log in (("worker", worker, worker_log),
+                                        ("sink", sink, sink_log)):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"the {name} exited ({proc.returncode}); see {log}")
+                try:
+                    lag: tuple[int | str, int | str] = (
+                        total_lag(settings, settings.worker_group, settings.topics.ticks),
+                        total_lag(settings, settings.sink_group, settings.topics.candles))
+                except Exception:
+                    lag = ("?", "?")
+                live.update(_view(settings, symbols, produced[0], started, lag))
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        thread.join(30)
+        for proc in (worker, sink):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (worker, sink):
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        console.print(f"stopped{' on Ctrl-C' if interrupted else ''}: worker and sink shut "
+                      "down cleanly" if worker.returncode == 0 and sink.returncode == 0 else
+                      f"stopped: worker exit {worker.returncode}, sink exit {sink.returncode}")
+    return produced[0]
