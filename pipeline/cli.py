@@ -302,6 +302,27 @@ def status(ctx: typer.Context) -> None:
     console.print(bars)
 
 
+@app.command("bench")
+def bench(
+    ctx: typer.Context,
+    ticks: Annotated[int, typer.Option(min=1000, help="synthetic ticks")] = 1_000_000,
+    symbols: Annotated[int, typer.Option(min=1, help="symbols")] = 28,
+    frame_size: Annotated[int, typer.Option(min=1, help="ticks per message")] = 500,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 1,
+) -> None:
+    """Measure fxstream beside its ceilings on the running stack; prints one JSON document
+    and appends it to bench/results.jsonl."""
+    import orjson
+
+    from bench.harness import run_all
+
+    settings = settings_of(ctx).require_connections()
+    workdir = settings.state_dir / "bench"
+    result = run_all(settings, ticks=ticks, symbol_count=symbols, frame_size=frame_size,
+                     seed=seed, workdir=workdir, log=lambda m: err_console.print(m))
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
 @app.command("demo")
 def demo(
     ctx: typer.Context,

@@ -43,6 +43,8 @@ class CandleWorkerStats:
     skipped: int = 0
     rejected: int = 0
     candles: int = 0
+    first_event: float | None = None  # monotonic time of the first message processed
+    last_event: float | None = None
     owned: dict[str, int] = field(default_factory=dict)  # symbol -> source partition
     clock_sent: set[tuple[str, str, int]] = field(default_factory=set)
 
@@ -83,6 +85,9 @@ def install_candle_agent(app: faust.App, settings: Settings) -> CandleWorkerStat
         async for event in stream.events():
             msg = event.message
             stats.messages += 1
+            stats.last_event = time.monotonic()
+            if stats.first_event is None:
+                stats.first_event = stats.last_event
             key: bytes | None = msg.key
             where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
             try:
@@ -162,9 +167,11 @@ def install_candle_agent(app: faust.App, settings: Settings) -> CandleWorkerStat
 
     @app.on_before_shutdown.connect
     async def report(app: faust.App, **kw: Any) -> None:
+        active = (stats.last_event or 0.0) - (stats.first_event or 0.0)
         log.info("candle worker stopping: %d messages, %d ticks, %d skipped as already "
-                 "applied, %d rejected, %d candles sent", stats.messages, stats.ticks,
-                 stats.skipped, stats.rejected, stats.candles)
+                 "applied, %d rejected, %d candles sent; %.3f s between the first and the "
+                 "last message", stats.messages, stats.ticks, stats.skipped, stats.rejected,
+                 stats.candles, active)
 
     return stats
 
