@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,7 +55,8 @@ class SinkStats:
     dead_letters: int = 0
     db_failures: int = 0
     last_error: str = ""
-    started: float = field(default_factory=time.monotonic)
+    first_batch: float | None = None  # monotonic time the first batch arrived
+    last_commit: float | None = None  # ... and the last one was committed
 
 
 class CandleSink:
@@ -101,12 +102,19 @@ class CandleSink:
         log.info("candle sink started: group %s, topic %s", self.group, self.topic)
         try:
             while not self._stop and not until():
-                messages = self.consumer.consume(self.settings.sink_batch_size, timeout)
+                # Wait for the first message only, then take what is already fetched: low
+                # latency when quiet, full batches under load.
+                messages = self.consumer.consume(1, timeout)
+                if messages and self.settings.sink_batch_size > 1:
+                    messages += self.consumer.consume(self.settings.sink_batch_size - 1, 0)
                 if messages:
                     self.write_batch(messages)
         finally:
-            log.info("candle sink stopping: %d rows in %d batches", self.stats.rows,
-                     self.stats.batches)
+            active = (self.stats.last_commit or 0.0) - (self.stats.first_batch or 0.0)
+            log.info("candle sink stopping: %d rows from %d messages in %d batches, %d dead "
+                     "letters; %.3f s between the first batch and the last commit",
+                     self.stats.rows, self.stats.messages, self.stats.batches,
+                     self.stats.dead_letters, active)
             self.consumer.close()  # leaves the group; offsets were committed per batch
             self.dlq.flush(10)
             if self._conn is not None:
@@ -153,6 +161,8 @@ class CandleSink:
     # -- the commit protocol --------------------------------------------------------------
 
     def write_batch(self, messages: list[Message]) -> None:
+        if self.stats.first_batch is None:
+            self.stats.first_batch = time.monotonic()
         rows: dict[tuple[str, str, int], tuple[Any, ...]] = {}
         next_offsets: dict[int, int] = {}
         dead = 0
@@ -181,6 +191,7 @@ class CandleSink:
         generation = self._generation
         if not self._write_with_retry(list(rows.values()), next_offsets, generation):
             return
+        self.stats.last_commit = time.monotonic()
         self.stats.batches += 1
         self.stats.rows += len(rows)
         self.stats.messages += len(messages)

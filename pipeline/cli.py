@@ -309,18 +309,25 @@ def bench(
     symbols: Annotated[int, typer.Option(min=1, help="symbols")] = 28,
     frame_size: Annotated[int, typer.Option(min=1, help="ticks per message")] = 500,
     seed: Annotated[int, typer.Option(help="generator seed")] = 1,
+    skip: Annotated[str, typer.Option(help="comma-separated: quix,oldstyle,scale")] = "",
 ) -> None:
-    """Measure fxstream beside its ceilings on the running stack; prints one JSON document
-    and appends it to bench/results.jsonl."""
+    """Measure fxstream beside its ceilings and peers on the running stack (`fxstream stack
+    up` first); prints one JSON document, appends it to bench/results.jsonl and draws
+    bench/chart.png."""
     import orjson
 
+    from bench.chart import draw
     from bench.harness import run_all
 
     settings = settings_of(ctx).require_connections()
-    workdir = settings.state_dir / "bench"
+    setup_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    workdir = (settings.state_dir / "bench").resolve()
     result = run_all(settings, ticks=ticks, symbol_count=symbols, frame_size=frame_size,
-                     seed=seed, workdir=workdir, log=lambda m: err_console.print(m))
+                     seed=seed, workdir=workdir, log=lambda m: err_console.print(m),
+                     skip=frozenset(x.strip() for x in skip.split(",") if x.strip()))
+    chart = draw(result)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    err_console.print(f"chart: {chart}")
 
 
 @app.command("demo")

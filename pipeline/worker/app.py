@@ -43,5 +43,7 @@ def build_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=4096,
         broker_max_poll_records=2000,
         consumer_max_fetch_size=8 << 20,
-        stream_wait_empty=False,
+        # Finish and commit what is in flight before a rebalance revokes partitions; without
+        # it, processed offsets can be dropped from the commit bookkeeping mid-rebalance.
+        stream_wait_empty=True,
     )
