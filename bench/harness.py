@@ -378,15 +378,20 @@ def measure_sink(env: BenchEnv, rows: int, symbols: list[str]) -> dict[str, floa
     migrate(s)
     data = candle_rows(rows, symbols)
     producer = Producer(producer_config(s))
+    # Frames of a symbol's bars, as the worker sends them (one per source message).
+    frames: dict[str, list[dict[str, Any]]] = {}
     for row in data:
-        record = {"v": 1, **dict(zip(COLUMNS, row, strict=True))}
-        while True:
-            try:
-                producer.produce(s.topics.candles, key=row[0].encode(),
-                                 value=orjson.dumps(record))
-                break
-            except BufferError:
-                producer.poll(0.05)
+        frame = frames.setdefault(row[0], [])
+        frame.append({"v": 1, **dict(zip(COLUMNS, row, strict=True))})
+        if len(frame) == len(BENCH_TFS):
+            while True:
+                try:
+                    producer.produce(s.topics.candles, key=row[0].encode(),
+                                     value=orjson.dumps(frame))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            frames[row[0]] = []
     producer.flush(120)
 
     sink = Service(env, "sink")

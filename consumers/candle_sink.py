@@ -174,14 +174,22 @@ class CandleSink:
                 continue
             next_offsets[msg.partition()] = msg.offset() + 1
             try:
-                candle = orjson.loads(msg.value())
-                schemas.validate("candle", candle)
-            except (orjson.JSONDecodeError, schemas.SchemaError) as exc:
-                self._dead_letter(msg, str(exc))
+                value = orjson.loads(msg.value())
+            except orjson.JSONDecodeError as exc:
+                self._dead_letter(msg, f"not JSON: {exc}", None, msg.value())
                 dead += 1
                 continue
-            key = (candle["symbol"], candle["timeframe"], candle["ts_utc"])
-            rows[key] = tuple(candle.get(c) for c in COLUMNS)
+            # A message is one candle or a frame of them (what one source message produced).
+            for index, candle in enumerate(value if isinstance(value, list) else (value,)):
+                try:
+                    validate_candle(candle)
+                except schemas.SchemaError as exc:
+                    self._dead_letter(msg, str(exc), index if isinstance(value, list) else None,
+                                      candle)
+                    dead += 1
+                    continue
+                key = (candle["symbol"], candle["timeframe"], candle["ts_utc"])
+                rows[key] = tuple(candle.get(c) for c in COLUMNS)
         if not next_offsets:
             return
         if dead:
@@ -267,10 +275,11 @@ class CandleSink:
                 self._conn.close()
             self._conn = None
 
-    def _dead_letter(self, msg: Message, reason_detail: str) -> None:
+    def _dead_letter(self, msg: Message, reason_detail: str, index: int | None,
+                     payload: Any) -> None:
         record = dead_letter(
             reason="invalid_candle", detail=reason_detail, stage="sink", topic=msg.topic(),
-            partition=msg.partition(), offset=msg.offset(), index=None, payload=msg.value(),
+            partition=msg.partition(), offset=msg.offset(), index=index, payload=payload,
             symbol=(msg.key() or b"").decode("utf-8", "replace") or None,
             now_ms=int(time.time() * 1000))
         while True:
@@ -280,6 +289,31 @@ class CandleSink:
                 return
             except BufferError:
                 self.dlq.poll(0.05)
+
+
+_CANDLE_KEYS = ("symbol", "timeframe", "ts_utc", "open", "high", "low", "close", "tick_volume",
+                "volume", "complete")
+
+
+def validate_candle(candle: Any) -> None:
+    """schemas/candle.v1.json, with a fast path for what the worker writes.
+
+    The full validator runs only when the cheap structural check finds something
+    unusual, so a bad candle is always reported with the schema's own message."""
+    if (type(candle) is dict and candle.get("v") == 1 and all(k in candle for k in _CANDLE_KEYS)
+            and type(candle["ts_utc"]) is int and type(candle["tick_volume"]) is int
+            and candle["tick_volume"] >= 1 and type(candle["complete"]) is bool
+            and type(candle["symbol"]) is str and type(candle["timeframe"]) is str
+            and all(type(candle[k]) is float and candle[k] > 0
+                    for k in ("open", "high", "low", "close"))
+            and type(candle["volume"]) in (float, int) and candle["volume"] >= 0
+            and candle["timeframe"] in _KNOWN_TIMEFRAMES
+            and 0 < len(candle["symbol"]) <= 32 and candle["ts_utc"] >= 0):
+        return
+    schemas.validate("candle", candle)
+
+
+_KNOWN_TIMEFRAMES = frozenset(f"{n}{u}" for u in "mhd" for n in range(1, 1000))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -21,6 +21,7 @@ SCHEMAS = {
     "dom_snapshot": "dom_snapshot.v1.json",
     "sentiment_observation": "sentiment_observation.v1.json",
     "candle": "candle.v1.json",
+    "candle_frame": "candle_frame.v1.json",
     "dom_metric": "dom_metric.v1.json",
     "sentiment_metric": "sentiment_metric.v1.json",
     "dead_letter": "dead_letter.v1.json",

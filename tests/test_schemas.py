@@ -27,6 +27,10 @@ GOOD = {
          "high": 1.2, "low": 1.0, "close": 1.15, "tick_volume": 3, "volume": 0.0,
          "complete": False, "provider_source": "replay"},
     ],
+    "candle_frame": [
+        [{"v": 1, "symbol": "EUR/USD", "timeframe": "1m", "ts_utc": 0, "open": 1.1, "high": 1.2,
+          "low": 1.0, "close": 1.15, "tick_volume": 3, "volume": 0.0, "complete": True}],
+    ],
     "dom_metric": [
         {"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "imbalance": -0.5, "levels": 3,
          "bid_depth": 1.0, "ask_depth": 3.0},
@@ -75,6 +79,7 @@ BAD = {
         ({"v": 1, "symbol": "EUR/USD", "timeframe": "1m", "ts_utc": 0, "open": 1, "high": 1,
           "low": 1, "close": 1, "tick_volume": 0, "volume": 0, "complete": True}, "tick_volume"),
     ],
+    "candle_frame": [([], "must be valid"), ({"v": 1}, "must be valid")],
     "dom_metric": [({"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "imbalance": 2}, "imbalance")],
     "sentiment_metric": [
         ({"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "long_pct": 50, "label": "up"}, "label"),

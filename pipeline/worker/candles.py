@@ -80,8 +80,10 @@ def install_candle_agent(app: faust.App, settings: Settings) -> CandleWorkerStat
         # to the source offset and publishes them only at the next offset commit, so a
         # crash loses up to a commit interval of bars whose state already reached the
         # changelog.
-        for candle in candles:
-            await candles_topic.send(key=key, value=orjson.dumps(candle), force=True)
+        # One record per source message: a frame of the bars it changed (or one bar).
+        if candles:
+            value = orjson.dumps(candles if len(candles) > 1 else candles[0])
+            await candles_topic.send(key=key, value=value, force=True)
         stats.candles += len(candles)
 
     async def send_dead(record: dict[str, Any]) -> None:
