@@ -82,7 +82,8 @@ class Service:
     """A worker or sink process for a measurement, with its log and peak memory."""
 
     def __init__(self, env: BenchEnv, command: str) -> None:
-        config = env.workdir / f"{env.settings.worker_group}-{command}.yaml"
+        # One file per process: several workers of one group run side by side.
+        config = env.workdir / f"{env.settings.worker_group}-{command}-{uuid.uuid4().hex[:6]}.yaml"
         config.write_text(yaml.safe_dump(env.settings.model_dump(mode="json",
                                                                  exclude={"external_stack"})))
         self.log = config.with_suffix(".log")
