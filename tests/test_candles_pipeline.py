@@ -58,10 +58,12 @@ def dead_letter_reasons(settings: Settings) -> Counter[str]:
     return Counter(r["reason"] for r in records.values())
 
 
-@pytest.mark.parametrize("frame_size", [500, 1])
+@pytest.mark.parametrize(("frame_size", "store"), [(500, "memory"), (1, "memory"),
+                                                   (500, "rocksdb")])
 def test_replayed_candles_equal_the_reference(make_settings: Callable[..., Settings],
-                                              tmp_path: Path, frame_size: int) -> None:
-    settings = pipeline_settings(make_settings)
+                                              tmp_path: Path, frame_size: int,
+                                              store: str) -> None:
+    settings = pipeline_settings(make_settings, store=store)
     csv = tmp_path / "ticks.csv"
     write_adversarial_csv(csv, seed=5, ticks_per_symbol=1500)
     ref = reference(csv)
