@@ -459,9 +459,6 @@ def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list
     import threading
 
     from pipeline.db.migrate import migrate
-    from producers.kafka_io import TickPublisher
-    from producers.synthetic import SyntheticTicks
-
     s = env.settings
     migrate(s)
     worker, sink = Service(env, "worker"), Service(env, "sink")
@@ -492,33 +489,21 @@ def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list
                    120, "worker and sink to join their groups", interval_s=0.2)
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        publisher = TickPublisher(s)
-        generator = SyntheticTicks(symbols, rate=rate, seed=seed,
-                                   start_ms=int(time.time() * 1000))
         prev: dict[str, tuple[Any, ...]] = {}
         position: dict[tuple[str, int], int] = {}
-        started = time.monotonic()
-        first_ts: int | None = None
-        sent = 0
-        for tick in generator.ticks(duration_s=duration_s):
-            first_ts = tick["ts_ms"] if first_ts is None else first_ts
-            due = started + (tick["ts_ms"] - first_ts) / 1000
-            while (wait := due - time.monotonic()) > 0:
-                publisher.tick()
-                time.sleep(min(wait, 0.002))
-            publisher.publish(tick["symbol"], tick)
-            sent += 1
+
+        def note(tick: dict[str, Any]) -> None:
             quote = (tick["ts_ms"], tick.get("bid"), tick.get("ask"))
             if prev.get(tick["symbol"]) == quote:
-                continue
+                return  # a re-sent quote counts once, as in the worker
             prev[tick["symbol"]] = quote
             bar = (tick["symbol"], tick["ts_ms"] - tick["ts_ms"] % 60_000)
             position[bar] = position.get(bar, 0) + 1
             with lock:
                 pending.setdefault(bar, []).append((position[bar], time.monotonic()))
-            if sent % 256 == 0:
-                publisher.tick()
-        publisher.flush()
+
+        sent = run_synthetic(s, symbols, rate=rate, duration_s=duration_s, seed=seed,
+                             paced=True, live_time=True, on_publish=note).ticks
         wait_until(lambda: not any(pending.values()), 120, "every tick to reach PostgreSQL")
         peaks = {"worker_peak_rss_mb": worker.peak_rss_mb(),
                  "sink_peak_rss_mb": sink.peak_rss_mb()}

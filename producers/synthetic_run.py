@@ -23,7 +23,8 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
                   count: int | None = None, seed: int = 0, paced: bool = True,
                   frame_size: int | None = None, live_time: bool = True,
                   should_stop: Callable[[], bool] = lambda: False,
-                  on_progress: Callable[[int], None] | None = None) -> SyntheticReport:
+                  on_progress: Callable[[int], None] | None = None,
+                  on_publish: Callable[[dict[str, Any]], None] | None = None) -> SyntheticReport:
     """Generate ticks (same seed, same ticks) and publish them framed.
 
     paced: hold to ``rate`` ticks per second of wall time; otherwise as fast as the
@@ -44,6 +45,8 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
                 publisher.tick()
                 time.sleep(min(wait, 0.005))
         publisher.publish(tick["symbol"], tick)
+        if on_publish is not None:
+            on_publish(tick)
         report.ticks += 1
         if report.ticks % 2048 == 0:
             publisher.tick()

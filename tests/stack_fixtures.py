@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,12 +135,13 @@ def _testcontainers_stack(tmp_root: Path) -> Iterator[RealStack]:
 def _wait_for_admin(bootstrap: str, timeout_s: float) -> None:
     from confluent_kafka.admin import AdminClient
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    from pipeline.stack.process import wait_until
+
+    def answers() -> bool:
         try:
             admin = AdminClient({"bootstrap.servers": bootstrap})
-            if admin.describe_cluster(request_timeout=2).result(timeout=3).nodes:
-                return
+            return bool(admin.describe_cluster(request_timeout=2).result(timeout=3).nodes)
         except Exception:
-            time.sleep(0.5)
-    raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s} s")
+            return False
+
+    wait_until(answers, timeout_s, f"Kafka at {bootstrap}")
