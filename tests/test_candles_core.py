@@ -209,3 +209,19 @@ def test_hot_path_check_agrees_with_the_schema(case: Any) -> None:
     except TickError as exc:
         accepted = exc.reason == "bad_symbol"  # the schema does not normalize symbols
     assert accepted == schemas.is_valid("tick", case)
+
+
+def test_fast_and_full_tick_checks_fold_alike() -> None:
+    """Canonical float ticks take the fold's fast path; spelled-out ones the full check."""
+    base = [{"ts_ms": 60_000 + i * 7, "bid": 1.1 + i * 1e-5, "ask": 1.1002 + i * 1e-5,
+             "volume": 0.5 + i, "provider": "p"} for i in range(50)]
+    base += [{"ts_ms": 60_100, "bid": 1.2, "ask": 1.2002}, {"ts_ms": -1, "bid": 1.0, "ask": 1.0},
+             {"ts_ms": 60_200, "bid": float("nan"), "ask": 1.0}]
+    fast = fold(None, "EUR/USD", [{**t, "symbol": "EUR/USD"} for t in base], 0, 0, CONFIG)
+    full = fold(None, "EUR/USD", [{**t, "symbol": "eur-usd"} for t in base], 0, 0, CONFIG)
+    assert fast.candles == full.candles and len(fast.candles) == 7
+    assert fast.state == full.state
+    assert [(r.index, r.reason) for r in fast.rejected] == [(51, "invalid_tick"),
+                                                             (52, "invalid_tick")]
+    assert [(r.index, r.reason) for r in full.rejected] == [(51, "invalid_tick"),
+                                                             (52, "invalid_tick")]

@@ -19,6 +19,7 @@ from pipeline.db.migrate import DatabaseError, head_revision, migrate
 from pipeline.settings import Settings
 from pipeline.stack import EmbeddedStack, StackError
 from pipeline.stack.postgres import PG_BIN
+from pipeline.stack.process import free_port
 from pipeline.topics import create_topics
 from tests.conftest import wait_for
 from tests.stack_fixtures import RealStack, embedded_stack
@@ -122,7 +123,9 @@ def test_a_port_already_taken_gives_a_clear_error(tmp_path: Path, which: str) ->
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        other = taken + 7 if taken < 65000 else taken - 7
+        other = free_port()
+        while other in (taken, taken + 1):
+            other = free_port()
         ports = (taken, other) if which == "kafka" else (other, taken)
         stack = EmbeddedStack(tmp_path / "taken", *ports)
         with pytest.raises(StackError, match=f"port {taken} .* already taken"):

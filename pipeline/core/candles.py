@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from pipeline.core.ticks import TickError, parse_tick
+from pipeline.core.ticks import MAX_TS_MS, TickError, parse_tick
 from pipeline.core.timeframes import Timeframe, parse_timeframe
 
 STATE_VERSION = 1
+_INF = float("inf")
 
 # A bar is a list, for speed and a compact changelog:
 START, OPEN, HIGH, LOW, CLOSE, COUNT, VOLUME, OPEN_TS, CLOSE_TS, DONE = range(10)
@@ -139,22 +140,37 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     part: list[Any] | None = None
     part_bucket = None
 
+    symbol_known = known is None or symbol in known
     for index, raw in enumerate(ticks):
-        try:
-            tick = parse_tick(raw)
-        except TickError as exc:
-            rejected.append(Rejected(index, exc.reason, exc.detail, raw))
-            continue
-        if tick.symbol != symbol:
-            reason = "symbol_mismatch"
-            rejected.append(Rejected(index, reason,
-                                     f"tick for {tick.symbol} in a message keyed {symbol}", raw))
-            continue
-        if known is not None and symbol not in known:
-            rejected.append(Rejected(index, "unknown_symbol",
-                                     f"{symbol} is not among the configured symbols", raw))
-            continue
-        ts, bid, ask = tick.ts_ms, tick.bid, tick.ask
+        # Fast path for the common, unremarkable tick: a dict with the canonical symbol,
+        # an int time and float sides; anything else goes through the full check.
+        if (type(raw) is dict and raw.get("symbol") == symbol and symbol_known
+                and type(ts := raw.get("ts_ms")) is int and 0 <= ts <= MAX_TS_MS
+                and type(bid := raw.get("bid")) is float and 0.0 < bid < _INF
+                and type(ask := raw.get("ask")) is float and 0.0 < ask < _INF
+                and ((vol := raw.get("volume")) is None
+                     or (type(vol) is float and 0.0 <= vol < _INF))
+                and ((tick_provider := raw.get("provider")) is None
+                     or (type(tick_provider) is str and len(tick_provider) <= 64))):
+            if vol is None:
+                vol = 0.0
+        else:
+            try:
+                tick = parse_tick(raw)
+            except TickError as exc:
+                rejected.append(Rejected(index, exc.reason, exc.detail, raw))
+                continue
+            if tick.symbol != symbol:
+                rejected.append(Rejected(index, "symbol_mismatch",
+                                         f"tick for {tick.symbol} in a message keyed {symbol}",
+                                         raw))
+                continue
+            if not symbol_known:
+                rejected.append(Rejected(index, "unknown_symbol",
+                                         f"{symbol} is not among the configured symbols", raw))
+                continue
+            ts, bid, ask, vol, tick_provider = (tick.ts_ms, tick.bid, tick.ask, tick.volume,
+                                                tick.provider)
         if prev is not None and prev[0] == ts and prev[1] == bid and prev[2] == ask:
             duplicates += 1
             continue
@@ -166,11 +182,10 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
         accepted += 1
         if max_ts is None or ts > max_ts:
             max_ts = ts
-        if tick.provider is not None:
-            provider = tick.provider
+        if tick_provider is not None:
+            provider = tick_provider
         price = (bid + ask) / 2 if bid is not None and ask is not None else (
             bid if bid is not None else ask)
-        vol = tick.volume
         bucket = ts - ts % bucket_ms
         if bucket != part_bucket or part is None:
             part = [bucket, price, price, price, price, 1, vol, ts, ts]
