@@ -38,6 +38,19 @@ def sink_offsets_total(settings: Settings) -> int:
     return int(row[0]) if row else 0
 
 
+def group_settled(settings: Settings, members: int) -> bool:
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    group = settings.worker_group
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+    except Exception:
+        return False
+    return len(desc.members) == members and desc.state == ConsumerGroupState.STABLE
+
+
 @pytest.fixture
 def big_csv(tmp_path: Path) -> Path:
     csv = tmp_path / "big.csv"
@@ -141,6 +154,9 @@ def test_scale_out_and_hand_over(make_settings: Callable[..., Settings], tmp_pat
     b = Proc(settings, ["worker"], tmp_path / "worker-b.log")
     sink = Proc(settings, ["sink"], tmp_path / "sink.log")
     try:
+        # Both workers in the group and settled before the ticks come, so that the
+        # partitions are split between them rather than taken by whoever starts first.
+        wait_for(lambda: group_settled(settings, members=2), 120, "two settled workers")
         assert run_cli(settings, ["produce", "replay", str(first), "--frame-size", "50",
                                   "--no-progress"], tmp_path).returncode == 0
         wait_for(lambda: total_lag(settings, settings.worker_group, settings.topics.ticks) == 0,
