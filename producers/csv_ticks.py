@@ -2,6 +2,9 @@
 
 Header, exactly: ``symbol,ts_ms,bid,ask,volume``. One tick per line; an empty
 field means the value is absent. At least one of bid and ask must be present.
+Values are held to the one definition of a valid tick (pipeline.core.ticks:
+time, price and volume bounds, no control characters in the symbol or the
+provider); the future rule needs the worker's clock and is the worker's.
 Symbols are returned as written (stripped); normalization happens elsewhere.
 """
 
@@ -12,12 +15,25 @@ import os
 import re
 from collections.abc import Iterator
 
+from pipeline.core.ticks import (
+    CONTROL_CHARS,
+    MAX_PRICE,
+    MAX_PROVIDER_LENGTH,
+    MAX_TS_MS,
+    MAX_VOLUME,
+    MIN_TS_MS,
+    valid_price,
+    valid_provider,
+    valid_text,
+    valid_ts,
+    valid_volume,
+)
+from pipeline.symbols import MAX_SYMBOL_LENGTH
+
 HEADER = ("symbol", "ts_ms", "bid", "ask", "volume")
 HEADER_LINE = ",".join(HEADER)
 
 _INT = re.compile(r"-?[0-9]+")
-_MAX_TS_MS = 2**63 - 1
-_INF = float("inf")
 
 
 class CsvHeaderError(ValueError):
@@ -36,7 +52,7 @@ class RowError(ValueError):
 
 
 def _price(name: str, text: str, line_no: int, raw: str) -> float | None:
-    """A present price must be a finite float > 0; empty means absent."""
+    """A present price is a number with 0 < price <= MAX_PRICE; empty means absent."""
     text = text.strip()
     if not text:
         return None
@@ -45,8 +61,9 @@ def _price(name: str, text: str, line_no: int, raw: str) -> float | None:
     except ValueError:
         value = None
     # float() also takes "1_0" and "nan"/"inf"; none of them is a price.
-    if value is None or "_" in text or not 0.0 < value < _INF:
-        raise RowError(line_no, f"{name} {text!r} is not a finite number > 0", raw)
+    if value is None or "_" in text or not valid_price(value):
+        raise RowError(line_no, f"{name} {text!r} is not a number > 0 and <= {MAX_PRICE:g}",
+                       raw)
     return value
 
 
@@ -58,29 +75,38 @@ def _volume(text: str, line_no: int, raw: str) -> float | None:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or "_" in text or not 0.0 <= value < _INF:
-        raise RowError(line_no, f"volume {text!r} is not a finite number >= 0", raw)
-    return value
+    if value is None or "_" in text or not valid_volume(value):
+        raise RowError(line_no, f"volume {text!r} is not a number >= 0 and <= "
+                       f"{MAX_VOLUME:g}", raw)
+    return value or 0.0  # -0.0 becomes 0.0
 
 
 def parse_row(fields: list[str], line_no: int, raw: str, provider: str = "replay") -> dict:
     """Turn the fields of one data line into a tick dict, or raise RowError."""
     if len(fields) != 5:
         raise RowError(line_no, f"expected 5 fields ({HEADER_LINE}), got {len(fields)}", raw)
+    if not valid_provider(provider):
+        raise ValueError(f"provider must be 1 to {MAX_PROVIDER_LENGTH} characters without "
+                         f"control characters, got {provider!r:.100}")
     symbol_text, ts_text, bid_text, ask_text, volume_text = fields
+    if CONTROL_CHARS.search(symbol_text):
+        raise RowError(line_no, f"symbol {symbol_text!r:.60} contains control characters", raw)
     symbol = symbol_text.strip()
     if not symbol:
         raise RowError(line_no, "symbol is empty", raw)
+    if not valid_text(symbol, MAX_SYMBOL_LENGTH):
+        raise RowError(line_no, f"symbol is longer than {MAX_SYMBOL_LENGTH} characters", raw)
     ts_text = ts_text.strip()
     if not _INT.fullmatch(ts_text):
         raise RowError(line_no, f"ts_ms {ts_text!r} is not an integer", raw)
     if len(ts_text) > 20:  # also keeps int() clear of its digit limit
         raise RowError(line_no, f"ts_ms {ts_text[:24]}... is out of range", raw)
+    if ts_text.startswith("-"):  # also "-0": a time is written without a sign
+        raise RowError(line_no, f"ts_ms {ts_text} is negative", raw)
     ts_ms = int(ts_text)
-    if ts_ms < 0:
-        raise RowError(line_no, f"ts_ms {ts_ms} is negative", raw)
-    if ts_ms > _MAX_TS_MS:
-        raise RowError(line_no, f"ts_ms {ts_ms} is out of range", raw)
+    if not valid_ts(ts_ms):
+        raise RowError(line_no, f"ts_ms {ts_ms} is out of range ({MIN_TS_MS} to {MAX_TS_MS})",
+                       raw)
     bid = _price("bid", bid_text, line_no, raw)
     ask = _price("ask", ask_text, line_no, raw)
     if bid is None and ask is None:
@@ -103,8 +129,12 @@ def read_tick_csv(
     """Yield ``(line_no, tick or RowError)`` for every data line; the header is line 1.
 
     Bad lines are yielded, not raised, so a replay can count and report them and go
-    on. A missing or wrong header raises CsvHeaderError before anything is yielded.
+    on. A missing or wrong header raises CsvHeaderError before anything is yielded,
+    a provider that is not a valid one ValueError.
     """
+    if not valid_provider(provider):
+        raise ValueError(f"provider must be 1 to {MAX_PROVIDER_LENGTH} characters without "
+                         f"control characters, got {provider!r:.100}")
     with open(path, encoding="utf-8-sig", newline="") as handle:
         # The reader gets its lines through this generator so each row's raw text is known.
         last_line = [""]

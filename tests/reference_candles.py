@@ -11,6 +11,11 @@ Contract summary (see ``reference_from_csv``):
 * Rows are processed in file order, which is the arrival order.
 * Bars are UTC epoch aligned, half-open ``[start, start + duration)`` and keyed by open time in
   epoch milliseconds: ``(symbol, timeframe, start_ms)``.
+* Bounds (written out here on their own, not taken from the pipeline, so a slip in one is caught
+  by the other): ts_ms from 0 to 3000-01-01 00:00 UTC, prices above 0 and at most one billion,
+  volume from 0 to one trillion, no control character (C0, DEL, C1) anywhere in the symbol field.
+  A row past either bound is a ``bad_row``. A tick more than ``future_tolerance_ms`` after
+  ``now_ms`` (the wall clock by default) is dead-lettered as ``future``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,10 +34,16 @@ from typing import Any
 HEADER = "symbol,ts_ms,bid,ask,volume"
 DEFAULT_TIMEFRAMES: tuple[str, ...] = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
 DEFAULT_LATENESS_MS = 300_000
+DEFAULT_FUTURE_TOLERANCE_MS = 60_000
+
+LAST_TS_MS = int(datetime(3000, 1, 1, tzinfo=UTC).timestamp()) * 1000
+HIGHEST_PRICE = 1_000_000_000.0
+HIGHEST_VOLUME = 1_000_000_000_000.0
 
 REASON_BAD_ROW = "bad_row"
 REASON_UNKNOWN_SYMBOL = "unknown_symbol"
 REASON_LATE = "late"
+REASON_FUTURE = "future"
 
 MAX_SYMBOL_LEN = 32
 
@@ -95,12 +107,12 @@ class RefTick:
 
 def normalize_symbol(raw: str) -> str | None:
     """Return the canonical symbol (``"EUR/USD"``, ``"US30"``) or None when it is not valid."""
+    for ch in raw:
+        if ord(ch) < 32 or 127 <= ord(ch) <= 159:
+            return None
     text = raw.strip()
     if text == "" or len(text) > MAX_SYMBOL_LEN:
         return None
-    for ch in text:
-        if ord(ch) < 32 or ord(ch) == 127:
-            return None
     parts = _SEPARATORS_RE.split(text.upper())
     if len(parts) == 2 and all(_LETTERS3_RE.fullmatch(part) for part in parts):
         return parts[0] + "/" + parts[1]
@@ -122,7 +134,10 @@ def timeframe_ms(timeframe: str) -> int:
 def _parse_ts(field: str) -> int | None:
     if _INT_RE.fullmatch(field) is None:
         return None
-    return int(field)
+    value = int(field)
+    if value > LAST_TS_MS:
+        return None
+    return value
 
 
 def _parse_number(field: str) -> float | None:
@@ -164,13 +179,13 @@ def _parse_row(line: str) -> _Row | None:
     bid: float | None = None
     if raw_bid != "":
         bid = _parse_number(raw_bid)
-        if bid is None or bid <= 0:
+        if bid is None or bid <= 0 or bid > HIGHEST_PRICE:
             return None
 
     ask: float | None = None
     if raw_ask != "":
         ask = _parse_number(raw_ask)
-        if ask is None or ask <= 0:
+        if ask is None or ask <= 0 or ask > HIGHEST_PRICE:
             return None
 
     if bid is None and ask is None:
@@ -179,7 +194,7 @@ def _parse_row(line: str) -> _Row | None:
     volume: float | None = None
     if raw_volume != "":
         volume = _parse_number(raw_volume)
-        if volume is None or volume < 0:
+        if volume is None or volume < 0 or volume > HIGHEST_VOLUME:
             return None
 
     return _Row(symbol=symbol, ts_ms=ts_ms, bid=bid, ask=ask, volume=volume)
@@ -223,12 +238,16 @@ def accepted_ticks(
     *,
     lateness_ms: int = DEFAULT_LATENESS_MS,
     known_symbols: set[str] | None = None,
+    now_ms: int | None = None,
+    future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
 ) -> tuple[list[RefTick], list[RefDeadLetter]]:
-    """Apply the row checks, re-sent quote rule and lateness rule, in arrival order.
+    """Apply the row checks, future rule, re-sent quote rule and lateness rule, in arrival order.
 
     Returns the accepted ticks and the dead letters, both in file order. Re-sent quotes appear
-    in neither list.
+    in neither list. ``now_ms`` None means the wall clock now.
     """
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
     lines = _read_lines(source)
     if not lines or lines[0] != HEADER:
         first = lines[0] if lines else None
@@ -248,6 +267,9 @@ def accepted_ticks(
             continue
         if known_symbols is not None and row.symbol not in known_symbols:
             dead_letters.append(RefDeadLetter(line_no, REASON_UNKNOWN_SYMBOL))
+            continue
+        if row.ts_ms - now_ms > future_tolerance_ms:
+            dead_letters.append(RefDeadLetter(line_no, REASON_FUTURE))
             continue
 
         quote = (row.ts_ms, row.bid, row.ask)
@@ -318,6 +340,8 @@ def reference_from_csv(
     timeframes: Sequence[str] = DEFAULT_TIMEFRAMES,
     lateness_ms: int = DEFAULT_LATENESS_MS,
     known_symbols: set[str] | None = None,
+    now_ms: int | None = None,
+    future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS,
 ) -> RefResult:
     """Expected candles and dead letters for a tick CSV.
 
@@ -325,7 +349,11 @@ def reference_from_csv(
     first element is the header. Raises ValueError when the header is not exactly ``HEADER``.
     """
     ticks, dead_letters = accepted_ticks(
-        path_or_text_lines, lateness_ms=lateness_ms, known_symbols=known_symbols
+        path_or_text_lines,
+        lateness_ms=lateness_ms,
+        known_symbols=known_symbols,
+        now_ms=now_ms,
+        future_tolerance_ms=future_tolerance_ms,
     )
     return RefResult(candles=aggregate(ticks, timeframes), dead_letters=dead_letters)
 

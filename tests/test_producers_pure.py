@@ -194,6 +194,18 @@ def test_parse_row_full_and_partial() -> None:
         (["EURUSD", "1", "1.1", "1.2", "-0.5"], "volume"),
         (["EURUSD", "1", "1.1", "1.2", "NaN"], "volume"),
         (["EURUSD", "1", "1.1", "1.2", "lots"], "volume"),
+        (["EURUSD", "-0", "1.1", "1.2", "1"], "negative"),
+        (["EURUSD", "32503680000001", "1.1", "1.2", "1"], "out of range"),
+        (["EURUSD", "9223372036854775808", "1.1", "1.2", "1"], "out of range"),
+        (["EURUSD", "1", "1e308", "1.2", "1"], "bid"),
+        (["EURUSD", "1", "1.1", "1000000000.0000001", "1"], "ask"),
+        (["EURUSD", "1", "1.1", "1.2", "1000000000000.0001"], "volume"),
+        (["EURUSD", "1", "1.1", "1.2", "18446744073709551616"], "volume"),
+        (["EURUSD", "1", "1.1", "1.2", "True"], "volume"),
+        (["EUR\x00USD", "1", "1.1", "1.2", "1"], "control characters"),
+        (["EURUSD\x85", "1", "1.1", "1.2", "1"], "control characters"),
+        (["\tEURUSD", "1", "1.1", "1.2", "1"], "control characters"),
+        (["A" * 33, "1", "1.1", "1.2", "1"], "longer than 32"),
     ],
 )
 def test_parse_row_rejects(fields: list[str], needle: str) -> None:
@@ -206,6 +218,20 @@ def test_parse_row_rejects(fields: list[str], needle: str) -> None:
     assert err.raw == "the raw line"
     assert needle in err.detail
     assert "line 7" in str(err)
+
+
+def test_parse_row_takes_the_bounds_and_gives_plain_floats() -> None:
+    row = parse_row(["EURUSD", "32503680000000", "1000000000", "1e-320", "-0.0"], 2, "raw")
+    assert row == {"symbol": "EURUSD", "ts_ms": 32503680000000, "bid": 1e9, "ask": 1e-320,
+                   "volume": 0.0, "provider": "replay"}
+    assert [type(row[k]) for k in ("ts_ms", "bid", "ask", "volume")] == [int, float, float, float]
+    assert str(row["volume"]) == "0.0"
+
+
+@pytest.mark.parametrize("provider", ["", "p" * 65, "fe\x00ed", "x\x1b", "x\x9f"])
+def test_parse_row_refuses_a_provider_with_control_characters(provider: str) -> None:
+    with pytest.raises(ValueError, match="provider"):
+        parse_row(["EURUSD", "1", "1.1", "1.2", ""], 2, "raw", provider=provider)
 
 
 def test_read_tick_csv_yields_ticks_and_errors_with_line_numbers(tmp_path: Path) -> None:

@@ -294,6 +294,53 @@ def test_bad_rows_and_unknown_symbols() -> None:
     assert ("FOO/BAR", "1m", T0) in anything_goes.candles
 
 
+def test_bounds_of_a_valid_row() -> None:
+    ts = T0
+    result = reference_from_csv(
+        csv(
+            f"EUR/USD,{ts},1000000000,1e9,1000000000000",  # 2 every bound, met
+            f"EUR/USD,{ts},1000000000.0000001,,",  # 3 a price past one billion
+            f"EUR/USD,{ts},,1e308,",  # 4
+            f"EUR/USD,{ts},1.1,,1000000000000.0001",  # 5 a volume past one trillion
+            f"EUR/USD,{ts},1.1,,18446744073709551616",  # 6
+            f"EUR/USD,{ts + 1},1e-320,,-0.0",  # 7 tiny but above 0; -0.0 is no negative volume
+            "EUR/USD,32503680000000,1.1,,",  # 8 the year 3000: the last valid time
+            "EUR/USD,32503680000001,1.1,,",  # 9
+            "EUR/USD,9223372036854775808,1.1,,",  # 10
+            f"EUR/USD\x00,{ts},1.1,,",  # 11 NUL
+            f"EUR\x85USD,{ts},1.1,,",  # 12 C1 control
+            f"\x1fEURUSD,{ts},1.1,,",  # 13 a control character, even where strip would drop it
+        ),
+        timeframes=("1m",),
+        now_ms=32503680000000,
+    )
+    assert result.dead_letters == [RefDeadLetter(n, "bad_row") for n in (3, 4, 5, 6, 9, 10, 11, 12,
+                                                                         13)]
+    assert candle(result, "EUR/USD", "1m", T0).tick_volume == 2
+    assert candle(result, "EUR/USD", "1m", T0).low == 1e-320
+
+
+def test_a_tick_too_far_ahead_of_the_clock_is_future() -> None:
+    now = T0 + 600_000
+    lines = csv(
+        f"EUR/USD,{T0},1.1,1.1,",  # 2
+        f"EUR/USD,{now + 60_001},1.2,1.2,",  # 3 future: does not move the newest time
+        "EUR/USD,32472144000000,1.3,1.3,",  # 4 the year 2999: future
+        f"EUR/USD,{now + 60_000},1.4,1.4,",  # 5 exactly the tolerance ahead: accepted
+        f"FOO/BAR,{now + 10**9},1.5,1.5,",  # 6 unknown symbol wins over future
+        f"EUR/USD,{now - 239_999},1.6,1.6,",  # 7 within 5 minutes of the newest: accepted
+    )
+    result = reference_from_csv(lines, timeframes=("1h",), now_ms=now, known_symbols=KNOWN_SYMBOLS)
+    assert result.dead_letters == [RefDeadLetter(3, "future"), RefDeadLetter(4, "future"),
+                                   RefDeadLetter(6, "unknown_symbol")]
+    assert candle(result, "EUR/USD", "1h", T0).tick_volume == 3
+    strict = reference_from_csv(lines, timeframes=("1h",), now_ms=now, future_tolerance_ms=0)
+    assert [d.line_no for d in strict.dead_letters] == [3, 4, 5, 6]
+    # By default the clock is the wall clock: the year 2999 is future, 2024 is not.
+    default = reference_from_csv(lines, timeframes=("1h",))
+    assert default.dead_letters == [RefDeadLetter(4, "future")]
+
+
 def test_header_must_match_exactly() -> None:
     with pytest.raises(ValueError):
         reference_from_csv(["symbol,ts,bid,ask,volume", f"EUR/USD,{T0},1.1,1.1,"])

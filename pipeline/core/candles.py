@@ -14,10 +14,17 @@ Semantics:
   volume = sum of tick volumes (0 when absent).
 - A tick equal in (ts_ms, bid, ask) to the symbol's previous accepted tick is a
   re-sent quote and counts once.
+- A tick is checked against the one definition of a valid tick
+  (pipeline.core.ticks); one more than ``future_tolerance_ms`` ahead of the wall
+  clock (``now_ms``) is rejected as "future", so a glitch cannot move the
+  symbol's newest time and make every real tick after it "late".
 - A tick more than ``lateness_ms`` behind the symbol's newest tick is rejected as
   "late"; a later tick inside the lateness revises its bar, which is sent again.
-- A bar is complete once a tick at or past its end arrives, or once the wall
-  clock passes its end plus ``close_grace_ms``.
+- A bar is complete once a tick at or past its end arrives (event time). The fold
+  never closes a bar by the wall clock: a message is arriving, so the symbol is
+  not quiet (in a replay the clock is far past every bar while its ticks still
+  come). `closed_by_clock` closes the bars of a symbol that has been quiet for
+  ``close_grace_ms`` once the clock is past their end plus the same grace.
 - Messages at or below the last applied offset are skipped, so a replay after a
   crash does not count anything twice.
 """
@@ -29,11 +36,18 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from pipeline.core.ticks import MAX_TS_MS, TickError, parse_tick
+from pipeline.core.ticks import (
+    DEFAULT_FUTURE_TOLERANCE_MS,
+    MAX_PRICE,
+    MAX_VOLUME,
+    TickError,
+    future_limit,
+    parse_tick,
+    valid_provider,
+)
 from pipeline.core.timeframes import Timeframe, parse_timeframe
 
 STATE_VERSION = 1
-_INF = float("inf")
 
 # A bar is a list, for speed and a compact changelog:
 START, OPEN, HIGH, LOW, CLOSE, COUNT, VOLUME, OPEN_TS, CLOSE_TS, DONE = range(10)
@@ -47,6 +61,7 @@ class CandleConfig:
     close_grace_ms: int = 2_000
     day_start_ms: int = 0
     known_symbols: frozenset[str] | None = None  # None: accept every valid symbol
+    future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS  # how far ahead of the clock
     bucket_ms: int = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -99,13 +114,16 @@ def upgrade_state(state: dict[str, Any] | None, symbol: str,
     """Bring a stored state to this version and configuration.
 
     State written under other timeframes or another day start keeps its offset,
-    newest time and previous quote, but not bars it would misread.
+    newest time and previous quote, but not bars it would misread. A provider that
+    is not valid (stored before the checks of pipeline.core.ticks) is forgotten.
     """
     if state is None:
         return new_state(symbol, config)
     if state.get("v") != STATE_VERSION:
         raise ValueError(f"candle state of {symbol} has version {state.get('v')!r}, "
                          f"this fxstream reads version {STATE_VERSION}")
+    if state["provider"] is not None and not valid_provider(state["provider"]):
+        state = {**state, "provider": None}
     if state.get("cfg") != config.fingerprint:
         fresh = new_state(symbol, config)
         for key in ("offset", "max_ts", "prev", "provider", "counts"):
@@ -119,7 +137,8 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     """Apply one message (``ticks`` from source ``offset``) to a symbol's state.
 
     ``ticks`` are raw decoded JSON objects; each is checked here. ``symbol`` is the
-    message key, already canonical. The input state is not modified.
+    message key, already canonical. ``now_ms`` is the wall clock, for the future
+    rule only. The input state is not modified.
     """
     state = upgrade_state(state, symbol, config)
     if offset <= state["offset"]:
@@ -131,6 +150,9 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     max_ts = state["max_ts"]
     prev = tuple(state["prev"]) if state["prev"] else None
     provider = state["provider"]
+    # A provider already checked: ticks repeating it skip the character scan.
+    ok_provider = provider
+    newest_ok = future_limit(now_ms, config.future_tolerance_ms)
     rejected: list[Rejected] = []
     duplicates = 0
     accepted = 0
@@ -143,15 +165,17 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     symbol_known = known is None or symbol in known
     for index, raw in enumerate(ticks):
         # Fast path for the common, unremarkable tick: a dict with the canonical symbol,
-        # an int time and float sides; anything else goes through the full check.
+        # an int time and float sides, all within the bounds of pipeline.core.ticks
+        # (the time also within the future tolerance), and the provider of the tick
+        # before or none; anything else goes through the full check.
         if (type(raw) is dict and raw.get("symbol") == symbol and symbol_known
-                and type(ts := raw.get("ts_ms")) is int and 0 <= ts <= MAX_TS_MS
-                and type(bid := raw.get("bid")) is float and 0.0 < bid < _INF
-                and type(ask := raw.get("ask")) is float and 0.0 < ask < _INF
+                and type(ts := raw.get("ts_ms")) is int and 0 <= ts <= newest_ok
+                and type(bid := raw.get("bid")) is float and 0.0 < bid <= MAX_PRICE
+                and type(ask := raw.get("ask")) is float and 0.0 < ask <= MAX_PRICE
                 and ((vol := raw.get("volume")) is None
-                     or (type(vol) is float and 0.0 <= vol < _INF))
+                     or (type(vol) is float and 0.0 <= vol <= MAX_VOLUME))
                 and ((tick_provider := raw.get("provider")) is None
-                     or (type(tick_provider) is str and len(tick_provider) <= 64))):
+                     or tick_provider == ok_provider)):
             if vol is None:
                 vol = 0.0
         else:
@@ -171,6 +195,13 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
                 continue
             ts, bid, ask, vol, tick_provider = (tick.ts_ms, tick.bid, tick.ask, tick.volume,
                                                 tick.provider)
+            if ts > newest_ok:
+                rejected.append(Rejected(index, "future", f"ts_ms {ts} is {ts - now_ms} ms "
+                                         f"ahead of the wall clock (allowed "
+                                         f"{config.future_tolerance_ms} ms)", raw))
+                continue
+            if tick_provider is not None:
+                ok_provider = tick_provider
         if prev is not None and prev[0] == ts and prev[1] == bid and prev[2] == ask:
             duplicates += 1
             continue
@@ -188,7 +219,7 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
             bid if bid is not None else ask)
         bucket = ts - ts % bucket_ms
         if bucket != part_bucket or part is None:
-            part = [bucket, price, price, price, price, 1, vol, ts, ts]
+            part = [bucket, price, price, price, price, 1, vol + 0.0, ts, ts]  # -0.0 -> 0.0
             partials.append(part)
             part_bucket = bucket
             continue
@@ -228,8 +259,8 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
             else:
                 _merge(bar, p)
             dirty.add(start)
-        new_bars[tf.name] = _emit_and_evict(bars, dirty, tf, max_ts, now_ms, config, symbol,
-                                            provider, candles)
+        new_bars[tf.name] = _emit_and_evict(bars, dirty, tf, max_ts, config, symbol, provider,
+                                            candles)
     new["bars"] = new_bars
     return FoldResult(new, candles, rejected, accepted=accepted, duplicates=duplicates)
 
@@ -251,14 +282,14 @@ def _merge(bar: list[Any], p: list[Any]) -> None:
 
 
 def _emit_and_evict(bars: dict[int, list[Any]], dirty: set[int], tf: Timeframe,
-                    max_ts: int | None, now_ms: int, config: CandleConfig, symbol: str,
+                    max_ts: int | None, config: CandleConfig, symbol: str,
                     provider: str | None, out: list[dict[str, Any]]) -> list[list[Any]]:
     keep: list[list[Any]] = []
     horizon = None if max_ts is None else max_ts - config.lateness_ms
     for start in sorted(bars):
         bar = bars[start]
         end = start + tf.ms
-        complete = (max_ts is not None and end <= max_ts) or end + config.close_grace_ms <= now_ms
+        complete = max_ts is not None and end <= max_ts  # event time only
         changed = start in dirty
         if changed or (complete and not bar[DONE]):
             out.append(candle_record(symbol, tf.name, bar, complete, provider))
@@ -283,15 +314,24 @@ def candle_record(symbol: str, timeframe: str, bar: list[Any], complete: bool,
     }  # fmt: skip
 
 
-def closed_by_clock(state: dict[str, Any], now_ms: int, config: CandleConfig
-                    ) -> list[dict[str, Any]]:
-    """Bars that the wall clock has closed (end + grace passed) but no tick has yet.
+def closed_by_clock(state: dict[str, Any], now_ms: int, config: CandleConfig,
+                    last_arrival_ms: int | None) -> list[dict[str, Any]]:
+    """Bars the wall clock has closed but no tick has yet: their end plus
+    ``close_grace_ms`` is past, AND the symbol has been quiet for the same grace.
+
+    ``last_arrival_ms`` is the wall time the symbol's newest message arrived, which
+    the caller keeps in memory (after a recovery: the time of the recovery). None
+    means not known, which is not known to be quiet: nothing is closed. The quiet
+    rule keeps a replay, whose ticks are all far behind the clock, from closing
+    bars whose later ticks are still arriving.
 
     The caller cannot write the state outside a message, so it remembers what it
-    sent; the next message closes these bars by event time or clock as usual.
+    sent; the next message closes these bars by event time as usual.
     """
     out: list[dict[str, Any]] = []
     grace = config.close_grace_ms
+    if last_arrival_ms is None or now_ms - last_arrival_ms < grace:
+        return out
     max_ts = state.get("max_ts")
     for tf in config.timeframes:
         for bar in state["bars"].get(tf.name, ()):
@@ -302,13 +342,17 @@ def closed_by_clock(state: dict[str, Any], now_ms: int, config: CandleConfig
 
 
 def all_bars(state: dict[str, Any], now_ms: int, config: CandleConfig) -> list[dict[str, Any]]:
-    """Every bar still held, as it should stand now: what recovery re-sends."""
+    """Every bar still held, as the state knows it: what recovery re-sends.
+
+    Complete by the DONE flag or event time only; whether the symbol is quiet is
+    not known at recovery, so bars the clock closed are closed again by
+    `closed_by_clock` once it is. ``now_ms`` is kept for the callers; unused.
+    """
     out: list[dict[str, Any]] = []
     max_ts = state.get("max_ts")
     for tf in config.timeframes:
         for bar in state["bars"].get(tf.name, ()):
             end = bar[START] + tf.ms
-            complete = bool(bar[DONE]) or (max_ts is not None and end <= max_ts) or (
-                end + config.close_grace_ms <= now_ms)
+            complete = bool(bar[DONE]) or (max_ts is not None and end <= max_ts)
             out.append(candle_record(state["symbol"], tf.name, bar, complete, state["provider"]))
     return out
