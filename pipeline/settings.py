@@ -42,6 +42,7 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_REPLICATION_FACTOR": "replication_factor",
     "FXSTREAM_LATENESS_MS": "lateness_ms",
     "FXSTREAM_CLOSE_GRACE_MS": "close_grace_ms",
+    "FXSTREAM_FUTURE_TOLERANCE_MS": "future_tolerance_ms",
     "FXSTREAM_DAY_START_MINUTES": "day_start_minutes",
     "FXSTREAM_FRAME_SIZE": "frame_size",
     "FXSTREAM_FRAME_LINGER_MS": "frame_linger_ms",
@@ -51,6 +52,7 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_WORKER_GROUP": "worker_group",
     "FXSTREAM_SINK_GROUP": "sink_group",
     "FXSTREAM_SESSION_TIMEOUT_S": "session_timeout_s",
+    "FXSTREAM_WORKER_FETCH_WAIT_MS": "worker_fetch_wait_ms",
     "FXSTREAM_KAFKA_PORT": "kafka_port",
     "FXSTREAM_POSTGRES_PORT": "postgres_port",
     "FXSTREAM_LOG_LEVEL": "log_level",
@@ -116,6 +118,8 @@ class Settings(BaseModel):
     # Event time.
     lateness_ms: int = Field(5 * 60_000, ge=0, description="allowed lateness behind newest tick")
     close_grace_ms: int = Field(2_000, ge=0, description="wall-clock grace before closing a bar")
+    future_tolerance_ms: int = Field(60_000, ge=0,
+                                     description="how far a tick may be ahead of the wall clock")
     day_start_minutes: int = Field(0, ge=0, lt=1440, description="UTC minute of the daily roll")
 
     # Batching.
@@ -129,6 +133,9 @@ class Settings(BaseModel):
     worker_group: str = "fxstream-worker"
     sink_group: str = "fxstream-sink"
     session_timeout_s: float = Field(10.0, ge=3, le=300)
+    # How long the broker may hold a worker's fetch when a partition has no new data;
+    # Faust's own 1.5 s can hold busy partitions back after any stall.
+    worker_fetch_wait_ms: int = Field(100, ge=1, le=5_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # True when the connections came from the environment or the YAML file, not from

@@ -1,0 +1,1 @@
+"""Agent declarations: what each Faust agent computes, as pure functions on the runtime."""

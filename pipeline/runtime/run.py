@@ -1,0 +1,40 @@
+"""`fxstream worker`: every declared agent on one Faust worker, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+
+from pipeline.agents.candles import candle_agent
+from pipeline.runtime.app import build_app
+from pipeline.runtime.worker import WorkerRuntime
+from pipeline.settings import Settings
+from pipeline.topics import create_topics
+
+log = logging.getLogger("fxstream.worker")
+
+
+def wait_for_kafka(settings: Settings, max_delay_s: float = 15.0) -> None:
+    """Create the topics, waiting with backoff while Kafka does not answer."""
+    delay = 1.0
+    while True:
+        try:
+            create_topics(settings)
+            return
+        except ConnectionError as exc:
+            log.warning("waiting for Kafka: %s; trying again in %.0f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
+def run_worker(settings: Settings) -> None:
+    wait_for_kafka(settings)
+    app = build_app(settings)
+    WorkerRuntime(app, settings, [candle_agent(settings)])
+    # faust.Worker installs SIGTERM/SIGINT handlers that stop the agents, flush the
+    # producer, commit the offsets of processed messages and leave the group.
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True,
+                          override_logging=True)
+    worker.execute_from_commandline()

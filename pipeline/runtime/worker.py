@@ -1,0 +1,483 @@
+"""The worker runtime: every agent declared in pipeline.agents, on one Faust app.
+
+Per source message, in order, for each agent (concurrency 1):
+1. skip it when its logical offset is at or below the partition's cursor (applied
+   already); when it lies past cursor + 1, read the skipped range directly from
+   Kafka and apply that first (Faust's consumer can skip offsets around rebalances);
+2. decode it and check its key: invalid JSON, a key that is not a canonical symbol,
+   a symbol the configuration does not know (no state is made for it) or a symbol
+   on the wrong partition go to the dead-letter topic with their reason;
+3. fold it into the key's state with the agent's pure function;
+4. publish its dead letters and wait until Kafka has them, publish the outputs at
+   once (each stamped with its version, the source partition and offset), then
+   write ONE changelog record: the key's state with its position, or, when the
+   message stores no state, the partition's cursor.
+
+One timer commits, once a second, the offsets the cursors say are applied, after a
+producer flush; another closes, by the wall clock, what quiet keys hold. After
+every rebalance the runtime rebuilds its view of the partitions it holds from the
+recovered table, forgets everything else (Faust's memory store keeps keys of
+revoked partitions), and re-sends what the held states stand for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.stores.memory import Store as MemoryStore
+
+from pipeline.core.deadletters import dead_letter, dead_letter_key
+from pipeline.runtime.declaration import AgentSpec, Reject
+from pipeline.runtime.positions import (
+    Cursor,
+    cursor_key,
+    cursor_partition,
+    decode_cursor,
+    decode_envelope,
+    encode_cursor,
+    encode_envelope,
+    is_cursor_key,
+    merge_position,
+)
+from pipeline.runtime.source import describe_topic, read_range
+from pipeline.settings import Settings
+from pipeline.symbols import SymbolError, normalize_symbol
+
+log = logging.getLogger("fxstream.runtime")
+
+CHANGELOG_CONFIG = {
+    # Kafka compacts only closed segments: roll them often so that recovery reads
+    # little more than one record per key.
+    "segment.ms": "60000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "cleanup.policy": "compact",
+}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@lru_cache(maxsize=65536)
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Java clients, Faust and librdkafka's murmur2 partitioners choose."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class AgentStats:
+    messages: int = 0
+    items: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    outputs: int = 0
+    reread: int = 0
+    first_event: float | None = None  # monotonic time of the first message processed
+    last_event: float | None = None
+
+
+@dataclass
+class PartitionView:
+    """What the runtime holds of one source partition."""
+
+    cursor: Cursor = field(default_factory=Cursor)
+    keys: set[bytes] = field(default_factory=set)
+
+
+class AgentRuntime:
+    """One declared agent on the app: its topics, table, and the exactly-once loop."""
+
+    def __init__(self, app: faust.App, settings: Settings, spec: AgentSpec,
+                 dead_letters: faust.TopicT) -> None:
+        self.app = app
+        self.settings = settings
+        self.spec = spec
+        self.source_topic = getattr(settings.topics, spec.source)
+        self.source = app.topic(self.source_topic, key_type=bytes, value_type=bytes,
+                                partitions=settings.partitions)
+        self.output = app.topic(getattr(settings.topics, spec.output), key_type=bytes,
+                                value_type=bytes, partitions=settings.partitions)
+        self.dead_letters = dead_letters
+        self.table = app.Table(spec.table, default=None, partitions=settings.partitions,
+                               key_type=bytes, value_type=bytes,
+                               extra_topic_configs=CHANGELOG_CONFIG)
+        self.stats = AgentStats()
+        self.views: dict[int, PartitionView] = {}
+        self.ready = False  # False from a revocation until recovery has been taken in
+        self.arrivals: dict[bytes, int] = {}  # key -> wall ms its newest message arrived
+        self.clock_sent: set[tuple[bytes, str]] = set()
+        self.committed: dict[int, int] = {}
+        self.source_partitions: int | None = None
+        self.known = spec.known_keys
+        app.agent(self.source, name=f"{spec.name}-agent", concurrency=1)(self._agent)
+        self.table.on_recover(self._after_recovery)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _agent(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            self.stats.last_event = time.monotonic()
+            if self.stats.first_event is None:
+                self.stats.first_event = self.stats.last_event
+            view = self.views.setdefault(msg.partition, PartitionView())
+            cursor = view.cursor
+            position = cursor.logical(msg.offset)
+            if position <= cursor.last:
+                self.stats.skipped += 1
+                continue
+            if position > cursor.last + 1:
+                await self._reread(msg.topic, msg.partition, cursor.kafka_offset(cursor.last + 1),
+                                   msg.offset)
+            await self._apply(msg.key, msg.value, msg.topic, msg.partition, msg.offset)
+
+    async def _reread(self, topic: str, partition: int, start: int, stop: int) -> None:
+        delay = 1.0
+        while True:
+            try:
+                got = await asyncio.to_thread(read_range, self.settings.kafka_bootstrap, topic,
+                                              partition, start, stop)
+                break
+            except Exception as exc:  # broker trouble: nothing else can progress either
+                log.error("%s[%d]: re-reading offsets %d..%d failed (%s); retrying in %.0f s",
+                          topic, partition, start, stop - 1, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if got.missing:
+            lo, hi = got.missing
+            log.error("%s[%d]: offsets %d..%d were skipped by the consumer and no longer exist "
+                      "in Kafka (retention or a deleted topic); %d messages could not be "
+                      "applied", topic, partition, lo, hi - 1, hi - lo)
+        log.warning("%s[%d]: the consumer skipped offsets %d..%d (Faust can, around "
+                    "rebalances); re-read %d messages and applied them first", topic,
+                    partition, start, stop - 1, len(got.messages))
+        self.stats.reread += len(got.messages)
+        for key, value, offset in got.messages:
+            await self._apply(key, value, topic, partition, offset)
+
+    async def _apply(self, key: bytes | None, raw: bytes | None, topic: str, partition: int,
+                     offset: int) -> None:
+        """Apply one source message; exactly one changelog record is written for it."""
+        stats = self.stats
+        stats.messages += 1
+        view = self.views.setdefault(partition, PartitionView())
+        cursor = view.cursor
+        position = cursor.logical(offset)
+        now = now_ms()
+        where = (topic, partition, offset)
+        if cursor.dirty:  # a new base or topic id goes out before anything built on it
+            cursor.dirty = False
+            self.table[cursor_key(partition)] = encode_cursor(cursor)
+
+        symbol = _canonical_key(key)
+        items: list[Any] | None = None
+        rejects: list[Reject] = []
+        framed = False
+        try:
+            value = orjson.loads(raw or b"")
+            framed = isinstance(value, list)
+            items = value if framed else [value]
+        except orjson.JSONDecodeError as exc:
+            rejects.append(Reject(-1, "invalid_json", str(exc), raw or b""))
+        if items is not None and (symbol is None or symbol.encode() != key):
+            detail = ("message has no key" if key is None else
+                      f"key {key!r} is not a canonical symbol; producers must key by "
+                      "it (e.g. 'EUR/USD') so one partition holds each symbol")
+            rejects.append(Reject(-1, "bad_key", detail, raw))
+            items = None
+        if items is not None and self.known is not None and symbol not in self.known:
+            rejects.extend(Reject(i, "unknown_symbol",
+                                  f"{symbol} is not among the configured symbols", item)
+                           for i, item in enumerate(items))
+            items = None
+        if items is not None and self.source_partitions and key is not None and (
+                expected := murmur2_partition(key, self.source_partitions)) != partition:
+            rejects.extend(Reject(
+                i, "wrong_partition",
+                f"{symbol} belongs on partition {expected} of {topic} (murmur2 of the key), "
+                f"not {partition}: produce with partitioner=murmur2_random (librdkafka) or the "
+                "Java client's default partitioner, so that one partition holds each symbol",
+                item) for i, item in enumerate(items))
+            items = None
+
+        state_value: bytes | None = None
+        outcome = None
+        if items is not None:
+            assert key is not None and symbol is not None
+            raw_state = self.table.get(key)
+            state = None if raw_state is None else decode_envelope(raw_state)[2]
+            outcome = self.spec.fold(state, symbol, items, position, now)
+            rejects.extend(outcome.rejects)
+            if outcome.state is not None and not outcome.skipped:
+                state_value = encode_envelope(partition, position, outcome.state)
+
+        if rejects:
+            await self._send_dead_letters(rejects, where, symbol, framed)
+        if outcome is not None and not outcome.skipped:
+            stats.items += outcome.accepted
+            await self._send_outputs(key, outcome.outputs, partition, position)
+        cursor.last = position
+        if state_value is not None:
+            assert key is not None
+            self.table[key] = state_value
+            view.keys.add(key)
+            self.arrivals[key] = now
+        else:
+            self.table[cursor_key(partition)] = encode_cursor(cursor)
+
+    async def _send_outputs(self, key: bytes | None, outputs: list[dict[str, Any]],
+                            partition: int, position: int) -> None:
+        # force=True: publish now. Without it Faust attaches records sent from an agent
+        # to the source offset and publishes them only at the next offset commit.
+        # One record per source message: a frame of what it changed (or one record).
+        if not outputs:
+            return
+        for record in outputs:
+            record["src_partition"] = partition
+            record["src_offset"] = position
+        value = orjson.dumps(outputs if len(outputs) > 1 else outputs[0])
+        await self.output.send(key=key, value=value, force=True)
+        self.stats.outputs += len(outputs)
+
+    async def _send_dead_letters(self, rejects: list[Reject], where: tuple[str, int, int],
+                                 symbol: str | None, framed: bool) -> None:
+        """Publish and wait for Kafka's acknowledgement: the changelog record written
+        next says this message is done, so its dead letters must already be safe."""
+        topic, partition, offset = where
+        now = now_ms()
+        pending = []
+        for rej in rejects:
+            record = dead_letter(reason=rej.reason, detail=rej.detail, stage="worker",
+                                 topic=topic, partition=partition, offset=offset,
+                                 index=rej.index if framed and rej.index >= 0 else None,
+                                 payload=rej.payload, symbol=symbol, now_ms=now)
+            pending.append(await self.dead_letters.send(
+                key=dead_letter_key(record), value=orjson.dumps(record), force=True))
+        self.stats.rejected += len(rejects)
+        await asyncio.gather(*pending)
+
+    # -- rebalances ---------------------------------------------------------------------------
+
+    def held_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment()
+                if tp.topic == self.source_topic}
+
+    def on_revoked(self) -> None:
+        self.ready = False
+
+    async def _after_recovery(self) -> None:
+        """Take in the recovered table: views of held partitions only, stale keys gone,
+        the source topic's identity checked, and every held state re-sent."""
+        held = self.held_partitions()
+        views: dict[int, PartitionView] = {p: PartitionView() for p in held}
+        stale: list[bytes] = []
+        states: list[tuple[bytes, int, int, dict[str, Any]]] = []
+        for key, raw in list(self.table.items()):
+            if raw is None:
+                continue
+            if is_cursor_key(key):
+                p = cursor_partition(key)
+                if p in held:
+                    stored = decode_cursor(raw)
+                    last = max(views[p].cursor.last, stored.last)
+                    views[p].cursor = stored
+                    stored.last = last
+                else:
+                    stale.append(key)
+                continue
+            p, o, state = decode_envelope(raw)
+            if p in held:
+                assert p is not None
+                views[p].keys.add(key)
+                merge_position({q: v.cursor for q, v in views.items()}, p, o)
+                states.append((key, p, o, state))
+            else:
+                stale.append(key)
+        self._forget(stale)
+        await self._check_source_identity(views)
+        self.views = views
+        self.arrivals = {key: now_ms() for key, *_ in states}
+        self.clock_sent.clear()
+        self.committed = {p: c for p, c in self.committed.items() if p in held}
+        self.ready = True
+        now = now_ms()
+        sent = 0
+        for key, p, o, state in states:
+            outputs = self.spec.resend(state, now)
+            await self._send_outputs(key, outputs, p, o)
+            sent += len(outputs)
+        log.info("recovered %s state of %d symbols in partitions %s; re-sent %d records",
+                 self.spec.name, len(states), sorted(held), sent)
+
+    def _forget(self, keys: list[bytes]) -> None:
+        """Drop keys of partitions this worker does not hold from a memory store (which
+        keeps them after a revocation); never through the table, which would write
+        tombstones into the new owner's changelog."""
+        store = self.table.data
+        if isinstance(store, MemoryStore):
+            for key in keys:
+                store.data.pop(key, None)
+                store._key_partition.pop(key, None)
+
+    async def _check_source_identity(self, views: dict[int, PartitionView]) -> None:
+        try:
+            ident = await asyncio.to_thread(describe_topic, self.settings.kafka_bootstrap,
+                                            self.source_topic)
+        except Exception as exc:
+            log.warning("could not describe %s (%s); partition and re-creation checks wait "
+                        "for the next rebalance", self.source_topic, exc)
+            return
+        self.source_partitions = ident.partitions
+        restart: dict[int, int] = {}
+        for p, view in views.items():
+            cursor = view.cursor
+            if cursor.topic_id is None:
+                cursor.topic_id, cursor.dirty = ident.topic_id, True
+            elif cursor.topic_id != ident.topic_id:
+                log.error("%s[%d] was deleted and re-created (topic id %s, was %s): its offsets "
+                          "start again below the %d already applied. Applying the new topic "
+                          "from its start; positions continue from %d so versions downstream "
+                          "keep increasing", self.source_topic, p, ident.topic_id,
+                          cursor.topic_id, cursor.last, cursor.last + 1)
+                cursor.base = cursor.last + 1
+                cursor.topic_id, cursor.dirty = ident.topic_id, True
+                restart[p] = 0
+        if restart:
+            # The group's committed offsets may still be the old topic's, and Faust drops
+            # every message at or below the offset it was told it had read: start the
+            # new topic's partitions from their beginning.
+            assigned = {tp.partition: tp for tp in self.app.consumer.assignment()
+                        if tp.topic == self.source_topic}
+            offsets = {assigned[p]: off for p, off in restart.items() if p in assigned}
+            await self.app.consumer._commit(offsets)
+            for tp, off in offsets.items():
+                await self.app.consumer.seek(tp, off)
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def committable(self) -> dict[int, int]:
+        """Kafka offsets to commit (next to read) per held partition, where they moved."""
+        out = {}
+        for p, view in self.views.items():
+            if view.cursor.last < 0:
+                continue
+            nxt = view.cursor.kafka_offset(view.cursor.last) + 1
+            if nxt > 0 and self.committed.get(p) != nxt:
+                out[p] = nxt
+        return out
+
+    async def close_by_clock(self) -> None:
+        if not self.ready:
+            return
+        now = now_ms()
+        assigned = {tp.partition: tp for tp in self.app.consumer.assignment()
+                    if tp.topic == self.source_topic}
+        for p, view in list(self.views.items()):
+            tp = assigned.get(p)
+            highwater = self.app.consumer.highwater(tp) if tp is not None else None
+            if highwater is not None and view.cursor.kafka_offset(view.cursor.last) + 1 < highwater:
+                continue  # a backlog: its keys are not quiet, their messages are queued
+            for key in list(view.keys):
+                raw = self.table.get(key)
+                if raw is None:
+                    continue
+                _, o, state = decode_envelope(raw)
+                fresh = []
+                for record in self.spec.clock(state, now, self.arrivals.get(key)):
+                    ident = (key, _record_identity(record))
+                    if ident not in self.clock_sent:
+                        self.clock_sent.add(ident)
+                        fresh.append(record)
+                await self._send_outputs(key, fresh, p, o)
+        if len(self.clock_sent) > 100_000:
+            self.clock_sent.clear()
+
+    def report(self) -> None:
+        s = self.stats
+        active = (s.last_event or 0.0) - (s.first_event or 0.0)
+        log.info("%s worker stopping: %d messages, %d %s, %d skipped as already applied, %d "
+                 "re-read, %d rejected, %d records sent; %.3f s between the first and the last "
+                 "message (monotonic %.3f to %.3f)", self.spec.name, s.messages, s.items,
+                 self.spec.item_noun, s.skipped, s.reread, s.rejected, s.outputs, active,
+                 s.first_event or 0.0, s.last_event or 0.0)
+
+
+def _record_identity(record: dict[str, Any]) -> str:
+    return orjson.dumps({k: v for k, v in record.items() if k not in ("src_partition",
+                                                                         "src_offset")}).decode()
+
+
+def _canonical_key(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return normalize_symbol(key.decode("utf-8", errors="strict"))
+    except (UnicodeDecodeError, SymbolError):
+        return None
+
+
+class WorkerRuntime:
+    """Every agent of the worker, with the one commit timer and the one clock timer."""
+
+    def __init__(self, app: faust.App, settings: Settings, specs: list[AgentSpec]) -> None:
+        self.app = app
+        self.settings = settings
+        dead_letters = app.topic(settings.topics.dead_letter, key_type=bytes,
+                                 value_type=bytes, partitions=settings.partitions)
+        self.agents = [AgentRuntime(app, settings, spec, dead_letters) for spec in specs]
+        app.timer(interval=1.0, name="fxstream-commit")(self.commit_applied)
+        app.timer(interval=1.0, name="fxstream-clock")(self.close_by_clock)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_before_shutdown.connect(self._on_shutdown)
+
+    async def commit_applied(self) -> None:
+        """Commit the offsets the cursors say are applied, after flushing what they wrote.
+
+        Faust's own committer also runs (every commit interval, at revocation and at
+        shutdown) from its acknowledgement lists; a message is acknowledged only after
+        the agent applied it, so it never commits past a cursor, but a rebalance can
+        leave those lists with a hole after which they stop advancing. This commit
+        follows the cursors instead."""
+        if self.app.rebalancing:
+            return
+        assigned = {(tp.topic, tp.partition): tp for tp in self.app.consumer.assignment()}
+        offsets: dict[Any, int] = {}
+        owners: dict[Any, tuple[AgentRuntime, int]] = {}
+        for agent in self.agents:
+            if not agent.ready:
+                continue
+            for p, nxt in agent.committable().items():
+                tp = assigned.get((agent.source_topic, p))
+                if tp is not None:
+                    offsets[tp] = nxt
+                    owners[tp] = (agent, p)
+        if not offsets:
+            return
+        await self.app.producer.flush()
+        try:
+            if await self.app.consumer._commit(offsets):  # the driver's commit of given offsets
+                for tp, nxt in offsets.items():
+                    agent, p = owners[tp]
+                    agent.committed[p] = nxt
+        except Exception as exc:  # a rebalance in between; the next tick tries again
+            log.info("offset commit deferred: %s", exc)
+
+    async def close_by_clock(self) -> None:
+        for agent in self.agents:
+            await agent.close_by_clock()
+
+    async def _on_revoked(self, app: faust.App, revoked: set[Any], **kw: Any) -> None:
+        for agent in self.agents:
+            agent.on_revoked()
+
+    async def _on_shutdown(self, app: faust.App, **kw: Any) -> None:
+        for agent in self.agents:
+            agent.report()

@@ -1,1 +1,0 @@
-"""The Faust worker: thin adapters around the pure core."""

@@ -1,0 +1,47 @@
+"""The runtime's position records: one changelog record per message, read back."""
+
+from __future__ import annotations
+
+import orjson
+
+from pipeline.runtime.positions import (
+    Cursor,
+    cursor_key,
+    cursor_partition,
+    decode_cursor,
+    decode_envelope,
+    encode_cursor,
+    encode_envelope,
+    is_cursor_key,
+    merge_position,
+)
+
+
+def test_envelope_round_trip_and_legacy_state() -> None:
+    state = {"v": 1, "symbol": "EUR/USD", "bars": {}}
+    assert decode_envelope(encode_envelope(3, 41, state)) == (3, 41, state)
+    legacy = orjson.dumps({"v": 1, "symbol": "EUR/USD", "offset": 17, "partition": 2})
+    p, o, s = decode_envelope(legacy)
+    assert (p, o, s["symbol"]) == (2, 17, "EUR/USD")
+
+
+def test_cursor_round_trip_legacy_and_keys() -> None:
+    c = Cursor(base=100, last=150, topic_id="abc")
+    back = decode_cursor(encode_cursor(c))
+    assert (back.base, back.last, back.topic_id, back.dirty) == (100, 150, "abc", False)
+    assert decode_cursor(b"42").last == 42  # fxstream 0.1 wrote the bare offset
+    key = cursor_key(11)
+    assert is_cursor_key(key) and cursor_partition(key) == 11 and not is_cursor_key(b"EUR/USD")
+
+
+def test_logical_offsets_continue_past_a_recreated_topic() -> None:
+    c = Cursor(last=999)
+    c.base = c.last + 1  # the topic was re-created: Kafka offsets start at 0 again
+    assert c.logical(0) == 1000 and c.kafka_offset(1000) == 0
+
+
+def test_partition_cursor_is_the_greatest_position() -> None:
+    cursors: dict[int, Cursor] = {}
+    for p, o in [(0, 5), (0, 9), (1, 3), (0, 7)]:
+        merge_position(cursors, p, o)
+    assert (cursors[0].last, cursors[1].last) == (9, 3)

@@ -1,0 +1,471 @@
+"""The worker runtime on the real broker and database: rebalances under load, re-reads,
+re-created topics, unknown keys, wrong partitions, dead letters through kill -9,
+completeness by event time, and latency after a stall."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.monitor import group_lag
+from pipeline.runtime.source import read_range
+from pipeline.runtime.worker import murmur2_partition
+from pipeline.settings import Settings
+from pipeline.topics import create_topics
+from producers.kafka_io import producer_config
+from producers.synthetic import SyntheticTicks
+from tests.conftest import wait_for
+from tests.pipeline_helpers import Proc, db_candles, read_topic, run_cli
+from tests.reference_candles import compare_candles, reference_from_csv
+from tests.test_candles_crash import group_settled
+
+pytestmark = pytest.mark.integration
+
+TFS = ("1m", "5m")
+SYMBOLS = ("EUR/USD", "GBP/USD", "USD/JPY", "USD/CHF", "AUD/USD", "USD/CAD", "NZD/USD",
+           "EUR/GBP")
+T0 = 1_709_323_200_000
+
+
+def settings_for(make_settings: Callable[..., Settings], **kw: Any) -> Settings:
+    values: dict[str, Any] = {"symbols": SYMBOLS, "timeframes": TFS, "partitions": 6,
+                              "session_timeout_s": 6.0}
+    values.update(kw)
+    return make_settings(**values)
+
+
+def synthetic_csv(path: Path, count: int, rate: float, seed: int = 3) -> Path:
+    """In-order synthetic ticks of SYMBOLS with 2024 event times, as a replay CSV."""
+    lines = ["symbol,ts_ms,bid,ask,volume"]
+    for t in SyntheticTicks(list(SYMBOLS), rate=rate, seed=seed).ticks(count=count):
+        lines.append(f"{t['symbol']},{t['ts_ms']},{t.get('bid', '')},{t.get('ask', '')},"
+                     f"{t.get('volume', '')}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_exact(settings: Settings, csv: Path, procs: list[Proc], timeout_s: float = 240) -> None:
+    ref = reference_from_csv(str(csv), timeframes=TFS, lateness_ms=settings.lateness_ms,
+                             known_symbols=set(settings.symbols))
+    last: list[str] = []
+
+    def matches() -> bool:
+        for p in procs:
+            assert p.alive(), f"{p.log.name} died:\n{p.tail()}"
+        actual = db_candles(settings)
+        last[:] = compare_candles(ref.candles, actual)
+        return not last and all(r["complete"] for r in actual.values())
+
+    try:
+        wait_for(matches, timeout_s, "the candles in PostgreSQL to equal the reference")
+    except AssertionError:
+        logs = "\n".join(f"--- {p.log.name}\n{p.tail(15)}" for p in procs)
+        raise AssertionError(f"{len(last)} differences, first: {last[:5]}\n{logs}") from None
+
+
+def candle_records(settings: Settings) -> list[dict[str, Any]]:
+    out = []
+    for _, value in read_topic(settings, settings.topics.candles, timeout_s=60):
+        out.extend(value if isinstance(value, list) else [value])
+    return out
+
+
+def dead_letters(settings: Settings) -> dict[bytes, dict[str, Any]]:
+    return dict(read_topic(settings, settings.topics.dead_letter))
+
+
+def stop_all(*procs: Proc | None) -> None:
+    for p in procs:
+        if p is not None and p.alive():
+            p.stop()
+
+
+# --- hole 1: stale state after a rebalance ----------------------------------------------------
+
+
+def test_workers_joining_one_after_another_under_load(make_settings: Callable[..., Settings],
+                                                      tmp_path: Path) -> None:
+    """A running worker loses partitions to a second and then a third worker while ticks
+    flow; it must never publish bars of partitions it no longer holds."""
+    settings = settings_for(make_settings, partitions=6)
+    # 4 minutes of event time replayed in about 60 s: bars close between the rebalances.
+    csv = synthetic_csv(tmp_path / "ticks.csv", count=96_000, rate=400)
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+    first = Proc(settings, ["worker"], tmp_path / "worker-1.log")
+    second = third = None
+    try:
+        wait_for(lambda: group_settled(settings, members=1), 120, "the first worker")
+        replay = Proc(settings, ["produce", "replay", str(csv), "--speed", "4x",
+                                 "--frame-size", "50", "--no-progress"], tmp_path / "replay.log")
+        wait_for(lambda: len(db_candles(settings)) >= 8, 60, "bars from the first worker")
+        second = Proc(settings, ["worker"], tmp_path / "worker-2.log")
+        wait_for(lambda: group_settled(settings, members=2), 120, "two workers")
+        wait_for(lambda: "recovered candle state" in second.log.read_text(), 60,
+                 "the second worker's recovery")
+        third = Proc(settings, ["worker"], tmp_path / "worker-3.log")
+        wait_for(lambda: group_settled(settings, members=3), 120, "three workers")
+        assert replay.popen.wait(180) == 0, replay.tail()
+        wait_exact(settings, csv, [first, second, third, sink])
+
+        # The black-box property behind it: per bar, the versions on the candle topic
+        # never go backwards (a stale copy re-sent by a former owner would).
+        newest: dict[tuple[str, str, int], int] = {}
+        backwards = []
+        for rec in candle_records(settings):
+            bar = (rec["symbol"], rec["timeframe"], rec["ts_utc"])
+            version = rec["src_offset"]
+            if version < newest.get(bar, -1):
+                backwards.append((bar, version, newest[bar]))
+            newest[bar] = max(version, newest.get(bar, -1))
+        assert not backwards, f"{len(backwards)} records went backwards: {backwards[:5]}"
+    finally:
+        stop_all(first, second, third, sink)
+
+
+# --- hole 2: re-reads with holes, and a re-created topic -----------------------------------------
+
+
+def test_reread_passes_transaction_markers_and_reports_deleted_ranges(
+        make_settings: Callable[..., Settings]) -> None:
+    settings = settings_for(make_settings, partitions=1)
+    topic = settings.topics.ticks
+    create_topics(settings)
+    producer = Producer({**producer_config(settings), "transactional.id": f"tx-{topic}"})
+    producer.init_transactions(30)
+    for batch in range(3):  # 3 messages, then a commit marker, three times
+        producer.begin_transaction()
+        for i in range(3):
+            producer.produce(topic, key=b"EUR/USD", value=f"{batch}-{i}".encode(), partition=0)
+        producer.commit_transaction(30)
+    # Offsets: 0 1 2 [3: marker] 4 5 6 [7: marker] 8 9 10 [11: marker]
+    started = time.monotonic()
+    got = read_range(settings.kafka_bootstrap, topic, 0, 4, 8, timeout_s=30)
+    assert [o for _, _, o in got.messages] == [4, 5, 6]
+    assert got.missing is None
+    assert time.monotonic() - started < 20, "the read waited for a message at the marker"
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for fut in admin.delete_records([TopicPartition(topic, 0, 5)]).values():
+        fut.result(30)
+    got = read_range(settings.kafka_bootstrap, topic, 0, 2, 10, timeout_s=30)
+    assert got.missing == (2, 5)
+    assert [o for _, _, o in got.messages] == [5, 6, 8, 9]
+
+
+def test_recreated_tick_topic_is_detected_and_applied(make_settings: Callable[..., Settings],
+                                                      tmp_path: Path) -> None:
+    settings = settings_for(make_settings, partitions=2)
+    csv = synthetic_csv(tmp_path / "before.csv", count=4_000, rate=50)
+    assert run_cli(settings, ["produce", "replay", str(csv), "--no-progress"],
+                   tmp_path).returncode == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker-1.log")
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+    try:
+        wait_exact(settings, csv, [worker, sink])
+        assert worker.stop() == 0, worker.tail()
+        before = db_candles(settings)
+
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        topic = settings.topics.ticks
+        old_committed = {p.partition: p.committed
+                         for p in group_lag(settings, settings.worker_group, topic)}
+        assert all(old_committed.values()), old_committed
+        for fut in admin.delete_topics([topic], operation_timeout=30).values():
+            fut.result(60)
+        wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 60,
+                 "the tick topic to be gone")
+
+        def recreate() -> bool:
+            try:
+                admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+                return True
+            except Exception:
+                return False
+
+        wait_for(recreate, 60, "the tick topic to be created again")
+        # A little later in event time, fewer messages than before: every offset of the new
+        # topic lies below the cursor the worker stored for the old one.
+        later = tmp_path / "after.csv"
+        lines = ["symbol,ts_ms,bid,ask,volume"]
+        t1 = max(ts for _, _, ts in before) + 600_000
+        for i in range(40):
+            for sym in SYMBOLS[:4]:
+                lines.append(f"{sym},{t1 + i * 1000},1.2{i:02d},1.2{i + 1:02d},")
+        later.write_text("\n".join(lines) + "\n")
+        assert run_cli(settings, ["produce", "replay", str(later), "--no-progress"],
+                       tmp_path).returncode == 0
+        # Kafka drops a deleted topic's committed offsets; the worker starts after that.
+        wait_for(lambda: all(p.committed is None
+                             for p in group_lag(settings, settings.worker_group, topic)), 60,
+                 "the old topic's committed offsets to be dropped")
+        worker = Proc(settings, ["worker"], tmp_path / "worker-2.log")
+        wait_for(lambda: "was deleted and re-created" in worker.log.read_text(), 90,
+                 f"the worker to report the re-created topic:\n{worker.tail()}")
+
+        def new_bars() -> bool:
+            bars = db_candles(settings)
+            return sum(r["tick_volume"] for (s, tf, ts), r in bars.items()
+                       if tf == "1m" and ts >= t1 - t1 % 60_000) == 160
+
+        wait_for(new_bars, 120, "the new topic's 160 ticks in PostgreSQL")
+    finally:
+        stop_all(worker, sink)
+
+
+# --- hole 5: unknown keys make no state --------------------------------------------------------
+
+
+def test_unknown_symbols_make_no_state(make_settings: Callable[..., Settings],
+                                       tmp_path: Path) -> None:
+    settings = settings_for(make_settings, partitions=3)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    unknown = [f"Q{a}{b}/USD" for a in letters[:10] for b in letters[:30]]  # 260 symbols
+    for i, sym in enumerate(unknown):
+        producer.produce(settings.topics.ticks, key=sym.encode(), value=orjson.dumps(
+            {"symbol": sym, "ts_ms": T0 + i, "bid": 1.0, "ask": 1.1}))
+    producer.produce(settings.topics.ticks, key=b"EUR/USD", value=orjson.dumps(
+        {"symbol": "EUR/USD", "ts_ms": T0, "bid": 1.1, "ask": 1.1002}))
+    assert producer.flush(30) == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: Counter(r["reason"] for r in dead_letters(settings).values())
+                 ["unknown_symbol"] == len(unknown), 120, "every unknown symbol dead-lettered")
+        changelog = f"{settings.worker_group}-candle-state-changelog"
+        wait_for(lambda: any(k == b"EUR/USD" for k, _ in _raw_keys(settings, changelog)), 60,
+                 "EUR/USD's state in the changelog")
+        keys = {k for k, _ in _raw_keys(settings, changelog)}
+        symbols = {k for k in keys if not k.startswith(b"\x00")}
+        assert symbols == {b"EUR/USD"}, f"state made for {sorted(symbols)[:5]} ..."
+        assert len(keys) <= 1 + settings.partitions
+    finally:
+        stop_all(worker)
+
+
+def _raw_keys(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"raw-{os.getpid()}",
+                  "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or not meta.partitions:
+            return []
+        out = []
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high <= low:
+                continue
+            c.assign([TopicPartition(topic, p, low)])
+            seen = low
+            deadline = time.monotonic() + 20
+            while seen < high and time.monotonic() < deadline:
+                for m in c.consume(500, 0.5):
+                    if m.error() is None:
+                        out.append((m.key(), m.value()))
+                        seen = m.offset() + 1
+        return out
+    finally:
+        c.close()
+
+
+# --- hole 6: a symbol on two partitions ----------------------------------------------------------
+
+
+def test_symbol_on_the_wrong_partition_is_dead_lettered(make_settings: Callable[..., Settings],
+                                                        tmp_path: Path) -> None:
+    settings = settings_for(make_settings, partitions=4, timeframes=("1m",))
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    right = murmur2_partition(b"EUR/USD", 4)
+    wrong = (right + 1) % 4
+
+    def tick(ts: int, bid: float) -> bytes:
+        return orjson.dumps({"symbol": "EUR/USD", "ts_ms": ts, "bid": bid, "ask": bid + 0.0002})
+
+    # The same symbol from a producer with the right partitioner and from one without.
+    for i in range(20):
+        producer.produce(settings.topics.ticks, key=b"EUR/USD", value=tick(T0 + i * 1000, 1.1),
+                         partition=right)
+        producer.produce(settings.topics.ticks, key=b"EUR/USD",
+                         value=tick(T0 + i * 1000 + 500, 1.5), partition=wrong)
+    producer.produce(settings.topics.ticks, key=b"EUR/USD", value=tick(T0 + 61_000, 1.1),
+                     partition=right)
+    assert producer.flush(30) == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+    try:
+        wait_for(lambda: Counter(r["reason"] for r in dead_letters(settings).values())
+                 ["wrong_partition"] == 20, 120, "20 wrong_partition dead letters")
+        wait_for(lambda: ("EUR/USD", "1m", T0) in db_candles(settings), 60, "the first bar")
+        bar = db_candles(settings)[("EUR/USD", "1m", T0)]
+        assert (bar["tick_volume"], bar["high"]) == (20, 1.1001)
+        detail = next(r["detail"] for r in dead_letters(settings).values()
+                      if r["reason"] == "wrong_partition")
+        assert "murmur2" in detail
+    finally:
+        stop_all(worker, sink)
+
+
+# --- hole 7: complete by event time in a replay -------------------------------------------------
+
+
+def test_replayed_bars_are_complete_only_when_they_are(make_settings: Callable[..., Settings],
+                                                       tmp_path: Path) -> None:
+    """In a historical replay the wall clock is past every bar; a bar may be published as
+    complete only in its final version."""
+    settings = settings_for(make_settings, partitions=2)
+    csv = synthetic_csv(tmp_path / "ticks.csv", count=20_000, rate=100)
+    assert run_cli(settings, ["produce", "replay", str(csv), "--frame-size", "20",
+                              "--no-progress"], tmp_path).returncode == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+    try:
+        wait_exact(settings, csv, [worker, sink])
+        final = {k: r["tick_volume"] for k, r in db_candles(settings).items()}
+        early = [(r["symbol"], r["timeframe"], r["ts_utc"], r["tick_volume"])
+                 for r in candle_records(settings) if r["complete"]
+                 and r["tick_volume"] != final[(r["symbol"], r["timeframe"], r["ts_utc"])]]
+        assert not early, f"{len(early)} bars published complete too early: {early[:5]}"
+    finally:
+        stop_all(worker, sink)
+
+
+# --- hole 8: dead letters through kill -9 -----------------------------------------------------
+
+
+def test_dead_letters_survive_kill9(make_settings: Callable[..., Settings],
+                                    tmp_path: Path) -> None:
+    settings = settings_for(make_settings, partitions=2, timeframes=("1m",))
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    expected = set()
+    for i in range(3000):
+        sym = SYMBOLS[i % 4]
+        frame = [{"symbol": sym, "ts_ms": T0 + i * 10, "bid": 1.1, "ask": 1.1002},
+                 {"symbol": sym, "ts_ms": T0 + i * 10 + 1, "bid": -1.0}]
+        producer.produce(settings.topics.ticks, key=sym.encode(), value=orjson.dumps(frame))
+    assert producer.flush(30) == 0
+    meta = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
+    for p in meta.topics[settings.topics.ticks].partitions:
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "x"})
+        _, high = c.get_watermark_offsets(TopicPartition(settings.topics.ticks, p), timeout=10)
+        c.close()
+        expected |= {f"{settings.topics.ticks}:{p}:{o}:1".encode() for o in range(high)}
+    worker = None
+    try:
+        for round_no in range(4):
+            worker = Proc(settings, ["worker"], tmp_path / f"worker-{round_no}.log")
+            wait_for(lambda w=worker: "recovered candle state" in w.log.read_text(), 60,
+                     "the worker to start")
+            target = (round_no + 1) * 500
+            wait_for(lambda t=target: len(dead_letters(settings)) >= t, 120,
+                     f"{target} dead letters")
+            worker.kill9()
+        worker = Proc(settings, ["worker"], tmp_path / "worker-final.log")
+        wait_for(lambda: len(dead_letters(settings)) >= len(expected), 120,
+                 "every dead letter")
+        keys = set(dead_letters(settings))
+        assert keys == expected, f"missing {len(expected - keys)}, extra {len(keys - expected)}"
+    finally:
+        stop_all(worker)
+
+
+# --- latency after a stall -------------------------------------------------------------------
+
+
+def test_worker_returns_to_low_latency_after_a_pause(make_settings: Callable[..., Settings],
+                                                     tmp_path: Path) -> None:
+    """A worker stopped for a second (SIGSTOP) must come back to low latency. With
+    Faust's fetch wait of 1.5 s and quiet partitions it settled at about 1.5 s."""
+    settings = settings_for(make_settings, partitions=6, timeframes=("1m",),
+                            symbols=("EUR/USD", "GBP/USD"), frame_linger_ms=5)
+    create_topics(settings)
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    sent: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                      "group.id": f"lat-{os.getpid()}", "auto.offset.reset": "latest",
+                      "fetch.wait.max.ms": 10})
+        c.subscribe([settings.topics.candles])
+        while not stop.is_set():
+            for m in c.consume(100, 0.05):
+                if m.error() is None:
+                    now = time.monotonic()
+                    value = orjson.loads(m.value())
+                    for rec in value if isinstance(value, list) else [value]:
+                        seen.setdefault(rec["tick_volume"] * 10 + (rec["symbol"] == "GBP/USD"),
+                                        now)
+        c.close()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        wait_for(lambda: "recovered candle state" in worker.log.read_text(), 60, "the worker")
+        watcher.start()
+        producer = Producer({**producer_config(settings), "linger.ms": 0})
+        counts: dict[str, int] = defaultdict(int)
+        base = int(time.time() * 1000) // 60_000 * 60_000  # this minute, so never ahead
+
+        def send(n: int) -> None:
+            for _ in range(n):
+                for sym in ("EUR/USD", "GBP/USD"):
+                    counts[sym] += 1
+                    c = counts[sym]
+                    producer.produce(settings.topics.ticks, key=sym.encode(), value=orjson.dumps(
+                        {"symbol": sym, "ts_ms": base + c, "bid": 1.0 + c * 1e-6,
+                         "ask": 1.0002 + c * 1e-6}))
+                    sent[c * 10 + (sym == "GBP/USD")] = time.monotonic()
+                producer.flush(10)
+                time.sleep(0.05)  # the steady pace being measured, not a wait for a result
+
+        send(20)
+        os.kill(worker.popen.pid, signal.SIGSTOP)
+        send(20)  # a second of ticks while the worker is stopped
+        os.kill(worker.popen.pid, signal.SIGCONT)
+        send(20)
+        after = sorted(sent)[-30:]  # well after the pause
+        wait_for(lambda: all(k in seen for k in after), 30, "the last ticks' bars")
+        latencies = [seen[k] - sent[k] for k in after]
+        median = statistics.median(latencies)
+        assert median < 0.6, f"median latency after the pause {median * 1000:.0f} ms"
+    finally:
+        stop.set()
+        stop_all(worker)
+
+
+def test_murmur2_partition_is_where_the_producers_put_a_symbol(
+        make_settings: Callable[..., Settings]) -> None:
+    settings = settings_for(make_settings, partitions=6)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    landed: dict[bytes, int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        assert err is None
+        landed[msg.key()] = msg.partition()
+
+    for sym in SYMBOLS:
+        producer.produce(settings.topics.ticks, key=sym.encode(), value=b"{}",
+                         on_delivery=delivered)
+    assert producer.flush(30) == 0
+    assert landed == {s.encode(): murmur2_partition(s.encode(), 6) for s in SYMBOLS}
