@@ -117,3 +117,65 @@ def committed_total(settings: Settings, group: str, topic: str) -> int:
     from pipeline.monitor import group_lag
 
     return sum(p.committed or 0 for p in group_lag(settings, group, topic))
+
+
+# --- the sink on its own: candle messages produced directly, what the sink stored ----------------
+
+
+def candle_record(symbol: str, ts_utc: int, close: float, *, timeframe: str = "1m",
+                  version: tuple[int, int] | None = None, complete: bool = False,
+                  tick_volume: int = 1, provider_source: str | None = "test") -> dict[str, Any]:
+    """A well-formed candle message (schemas/candle.v1.json); ``version`` is
+    (src_partition, src_offset), left out when None (as older workers send)."""
+    record: dict[str, Any] = {
+        "v": 1, "symbol": symbol, "timeframe": timeframe, "ts_utc": ts_utc, "open": close,
+        "high": close, "low": close, "close": close, "tick_volume": tick_volume,
+        "volume": float(tick_volume), "provider_source": provider_source, "complete": complete,
+    }
+    if version is not None:
+        record["src_partition"], record["src_offset"] = version
+    return record
+
+
+def produce_candles(settings: Settings, messages: list[tuple[str, Any]],
+                    partition: int | None = None) -> None:
+    """Publish (key, value) pairs on the candle topic and wait until Kafka has them all."""
+    from confluent_kafka import Producer
+
+    from producers.kafka_io import producer_config
+
+    producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+    for key, value in messages:
+        kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                producer.produce(settings.topics.candles, key=key.encode(),
+                                 value=orjson.dumps(value), **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0, "Kafka did not take every candle message"
+
+
+def stored_sink_offsets(settings: Settings) -> dict[int, int]:
+    """sink_offsets of the settings' sink group on the candle topic: partition -> next offset."""
+    try:
+        with psycopg.connect(settings.database_url) as conn:
+            rows = conn.execute(
+                "SELECT partition, next_offset FROM sink_offsets WHERE consumer_group = %s "
+                "AND topic = %s", (settings.sink_group, settings.topics.candles)).fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.OperationalError):
+        return {}
+    return {int(p): int(o) for p, o in rows}
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's end (high watermark) of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"ends-{os.getpid()}"})
+    try:
+        meta = consumer.list_topics(topic, timeout=20).topics[topic]
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1]
+                for p in meta.partitions}
+    finally:
+        consumer.close()

@@ -1,0 +1,728 @@
+"""The sink runtime: one upsert protocol for every table a topic is written into.
+
+A sink is a declaration (`SinkSpec`): its topic, table, columns with their
+PostgreSQL types, key, optional version columns, and how a batch of decoded
+messages becomes rows (and what makes a row invalid). The runtime owns the rest:
+
+1. batching: wait for the first message, then take what is already fetched;
+2. invalid messages go to the dead-letter topic, and Kafka must take them before
+   anything of the batch is committed;
+3. last version wins within the batch: each key keeps its highest version (ties,
+   and rows without a version: the later message);
+4. in ONE PostgreSQL transaction: binary COPY of the rows whose key cannot exist
+   yet straight into the table, binary COPY of the rest into a temporary table and
+   one merge (``INSERT ... ON CONFLICT DO UPDATE``) that never lets an older
+   version overwrite a newer one, and every partition's next offset into
+   sink_offsets (which never moves backwards);
+5. commit, then commit the same offsets to Kafka.
+
+Failures:
+- PostgreSQL unreachable (connection errors only): pause every assigned partition,
+  including ones assigned later, keep polling (group membership, rebalances), back
+  off up to 15 s, and when it answers again seek every partition back to its first
+  unwritten offset (the one stored in PostgreSQL) and resume. No polled message is
+  dropped: whatever arrives meanwhile is read again from there.
+- PostgreSQL refuses rows (data or integrity errors): the batch is split until the
+  refused rows are found; they go to the dead-letter topic with PostgreSQL's error
+  text (reason ``refused_by_database``) and the rest is written.
+- A rebalance while a batch is gathered: the batch is dropped and every assigned
+  partition is sought back to where its assignment started, so nothing of a
+  revoked partition is written after its new owner has started.
+- Started while PostgreSQL or Kafka is down: wait with backoff, say so in the log
+  and in the status file, start when it comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from pipeline.core.deadletters import dead_letter, dead_letter_key
+from pipeline.settings import Settings
+
+log = logging.getLogger("fxstream.sink")
+
+MAX_BACKOFF_S = 15.0
+REFUSED = "refused_by_database"
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An invalid item: the message (its index in the batch), its index in the frame
+    (None for a message that is not a frame), why, and what it was."""
+
+    message: int
+    index: int | None
+    detail: str
+    payload: Any
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Rows in the declaration's column order; ``origins[i]`` = (message, index) of rows[i]."""
+
+    rows: list[Row] = field(default_factory=list)
+    origins: list[tuple[int, int | None]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """One sink: everything the runtime needs to know about a topic and its table."""
+
+    name: str  # used in logs: "candle" -> "candle sink stopping: ..."
+    topic: str  # a field of pipeline.settings.Topics, e.g. "candles"
+    table: str
+    columns: tuple[str, ...]  # written columns, in row order
+    types: tuple[str, ...]  # their PostgreSQL types, for binary COPY
+    key: tuple[str, ...]  # the primary key; the last column orders a series (time)
+    # decode(values): values[i] is message i's JSON value, or the `NOT_JSON` marker
+    decode: Callable[[list[Any]], Decoded]
+    invalid_reason: str  # dead-letter reason for what decode rejects
+    version: tuple[str, str] | None = None  # (source partition, source offset) columns
+    touch: str | None = "updated_at"  # set to now() on insert and update
+    # A row whose key's last column lies past the greatest stored one of its series
+    # (the other key columns) cannot exist yet: it is copied straight into the table.
+    direct_new_keys: bool = True
+
+    def index(self, column: str) -> int:
+        return self.columns.index(column)
+
+
+class NotJson:
+    """The value of a message that is not JSON; decode declarations reject it."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    rows: int = 0
+    messages: int = 0
+    dead_letters: int = 0
+    refused: int = 0
+    db_failures: int = 0
+    last_error: str = ""
+    first_batch: float | None = None  # monotonic time the first batch arrived
+    last_commit: float | None = None  # ... and the last one was committed
+
+
+class DatabaseDown(Exception):
+    """PostgreSQL did not answer (a connection failure, never a refusal)."""
+
+
+_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+# What PostgreSQL (or the client, formatting a value for it) refuses about a row.
+_REFUSALS = (psycopg.DataError, psycopg.IntegrityError, OverflowError)
+
+
+class SinkRuntime:
+    """Runs one declaration: `run()` consumes until stopped (SIGTERM/SIGINT or ``until``)."""
+
+    def __init__(self, spec: SinkSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings.require_connections()
+        self.topic: str = getattr(settings.topics, spec.topic)
+        self.group = settings.sink_group
+        self.stats = SinkStats()
+        self._stop = False
+        self._conn: psycopg.Connection[Any] | None = None
+        self._sql = _Sql(spec)
+        # assignment
+        self._assigned: set[int] = set()
+        self._start: dict[int, int] = {}  # where each partition's current assignment started
+        self._rebalances = 0
+        # outage
+        self._down = False
+        self._paused: set[int] = set()
+        self._first_unwritten: dict[int, int] = {}
+        self._delay = 0.5
+        self._retry_at = 0.0
+        # greatest stored value of the key's last column per series (the other key columns)
+        self._high: dict[tuple[Any, ...], Any] = {}
+        self._status_file = (Path(settings.state_dir) / "status"
+                             / f"{spec.name}-sink-{os.getpid()}.json")
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(500, int(settings.session_timeout_s * 100)),
+            "max.poll.interval.ms": 600_000,
+            "fetch.max.bytes": 32 << 20,
+        })
+        from producers.kafka_io import producer_config
+
+        self.dlq = Producer(producer_config(settings, **{"linger.ms": 5}))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self, until: Callable[[], bool] = lambda: False) -> SinkStats:
+        """Consume until stopped: a batch at a time, each written with the protocol above."""
+        try:
+            if not self._wait_for_services(until):
+                return self.stats
+            self.consumer.subscribe([self.topic], on_assign=self._on_assign,
+                                    on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            self._status("running")
+            log.info("%s sink started: group %s, topic %s, table %s", self.spec.name, self.group,
+                     self.topic, self.spec.table)
+            timeout = self.settings.sink_batch_timeout_ms / 1000
+            size = self.settings.sink_batch_size
+            while not self._stop and not until():
+                if self._down:
+                    self._wait_while_down()
+                    continue
+                before = self._rebalances
+                # Wait for the first message only, then take what is already fetched: low
+                # latency when quiet, full batches under load.
+                messages = self.consumer.consume(1, timeout)
+                if messages and size > 1:
+                    messages += self.consumer.consume(size - 1, 0)
+                if self._rebalances != before:
+                    self._restart_assignment(messages)
+                    continue
+                if messages:
+                    self.write_batch(messages)
+        finally:
+            self._finish()
+        return self.stats
+
+    def _finish(self) -> None:
+        active = (self.stats.last_commit or 0.0) - (self.stats.first_batch or 0.0)
+        log.info("%s sink stopping: %d rows from %d messages in %d batches, %d dead "
+                 "letters; %.3f s between the first batch and the last commit",
+                 self.spec.name, self.stats.rows, self.stats.messages, self.stats.batches,
+                 self.stats.dead_letters, active)
+        with contextlib.suppress(Exception):
+            self.consumer.close()  # leaves the group; offsets were committed per batch
+        self.dlq.flush(10)
+        self._drop_connection()
+        self._status("stopped")
+
+    def _status(self, state: str, **extra: Any) -> None:
+        """A small JSON file per process under the state directory (what `status` shows)."""
+        with contextlib.suppress(OSError):
+            self._status_file.parent.mkdir(parents=True, exist_ok=True)
+            self._status_file.write_bytes(orjson.dumps({
+                "sink": self.spec.name, "pid": os.getpid(), "group": self.group,
+                "topic": self.topic, "state": state, "at_ms": int(time.time() * 1000),
+                **extra}))
+
+    # -- start-up: wait for PostgreSQL and Kafka --------------------------------------------
+
+    def _wait_for_services(self, until: Callable[[], bool]) -> bool:
+        from pipeline.db.migrate import DatabaseError, migrate
+
+        delay = 0.5
+        while not self._stop and not until():
+            try:
+                migrate(self.settings)
+                self._connection()
+                break
+            except (DatabaseError, *_CONNECTION_ERRORS) as exc:
+                self._drop_connection()
+                self._status("waiting", waiting_for="PostgreSQL", error=_one_line(exc))
+                log.warning("%s sink waiting for PostgreSQL (%s); next try in %.1f s",
+                            self.spec.name, _one_line(exc), delay)
+                self._sleep(delay, until)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        delay = 0.5
+        while not self._stop and not until():
+            try:
+                meta = self.consumer.list_topics(self.topic, timeout=5)
+                err = meta.topics[self.topic].error
+                if err is None or err.code() != KafkaError._TRANSPORT:
+                    return True
+                problem = err.str()
+            except Exception as exc:  # KafkaException: the broker does not answer
+                problem = _one_line(exc)
+            self._status("waiting", waiting_for="Kafka", error=problem)
+            log.warning("%s sink waiting for Kafka at %s (%s); next try in %.1f s",
+                        self.spec.name, self.settings.kafka_bootstrap, problem, delay)
+            self._sleep(delay, until)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        return False
+
+    def _sleep(self, seconds: float, until: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop and not until() and time.monotonic() < deadline:
+            time.sleep(min(0.1, seconds))
+
+    # -- assignment -----------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalances += 1
+        self._high.clear()
+        numbers = [p.partition for p in partitions]
+        stored: dict[int, int] | None = None
+        if not self._down:
+            try:
+                stored = self._stored_offsets(numbers)
+            except DatabaseDown as exc:
+                self._enter_outage(exc, "while assigning partitions")
+        if stored is not None:
+            # Kafka's offsets are committed after PostgreSQL's, so never ahead of them; a
+            # partition PostgreSQL holds nothing for has never been written: from the start.
+            for p in partitions:
+                p.offset = stored.get(p.partition, OFFSET_BEGINNING)
+                self._start[p.partition] = p.offset
+            where: dict[int, Any] = {p.partition: p.offset for p in partitions}
+        else:
+            where = dict.fromkeys(numbers, "paused until PostgreSQL is back")
+        self._assigned = set(numbers)
+        log.info("assigned %s: starting at %s", self.topic, where)
+        consumer.assign(partitions)
+        if self._down and partitions:
+            # Partitions that arrive during an outage start paused; where they start is
+            # decided from PostgreSQL once it answers.
+            consumer.pause(partitions)
+            self._paused |= set(numbers)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalances += 1
+        self._high.clear()
+        gone = {p.partition for p in partitions}
+        self._assigned -= gone
+        self._paused -= gone
+        for p in gone:
+            self._start.pop(p, None)
+            self._first_unwritten.pop(p, None)
+        log.info("revoked %s partitions %s", self.topic, sorted(gone))
+
+    def _restart_assignment(self, messages: list[Message]) -> None:
+        """A rebalance was served while this batch was gathered: whatever it holds may
+        belong to a partition revoked meanwhile, or predate where a new assignment
+        starts. Drop it and read each assigned partition again from its start."""
+        if messages:
+            log.info("rebalance while a batch was gathered: %d messages dropped, read again "
+                     "from the new assignment's offsets", len(messages))
+        if self._down:
+            # Paused: where each partition continues is decided when PostgreSQL is back,
+            # from the offsets stored there or, failing those, from these messages.
+            self._note_unwritten(messages)
+            return
+        for p in sorted(self._assigned):
+            start = self._start.get(p)
+            if start is not None:
+                self._seek(p, start)
+
+    def _note_unwritten(self, messages: list[Message]) -> None:
+        for msg in messages:
+            p = msg.partition()
+            if msg.error() is None and p in self._assigned:
+                self._first_unwritten[p] = min(self._first_unwritten.get(p, msg.offset()),
+                                               msg.offset())
+
+    def _seek(self, partition: int, offset: int) -> None:
+        try:
+            self.consumer.seek(TopicPartition(self.topic, partition, offset))
+        except Exception as exc:
+            log.warning("could not seek %s[%d] to %d: %s", self.topic, partition, offset,
+                        _one_line(exc))
+
+    # -- outage ---------------------------------------------------------------------------
+
+    def _enter_outage(self, exc: BaseException, where: str) -> None:
+        self._drop_connection()
+        self.stats.db_failures += 1
+        self.stats.last_error = _one_line(exc)
+        if not self._down:
+            self._down = True
+            self._delay = 0.5
+        self._retry_at = time.monotonic() + self._delay
+        log.warning("PostgreSQL unavailable %s (%s); partitions paused, nothing committed, "
+                    "retrying in %.1f s", where, self.stats.last_error, self._delay)
+        self._status("waiting", waiting_for="PostgreSQL", error=self.stats.last_error)
+        self._pause_all()
+
+    def _pause_all(self) -> None:
+        parts = [TopicPartition(self.topic, p) for p in sorted(self._assigned - self._paused)]
+        if parts:
+            self.consumer.pause(parts)
+            self._paused |= {p.partition for p in parts}
+
+    def _wait_while_down(self) -> None:
+        """Poll (group membership, rebalances) until it is time to try PostgreSQL again."""
+        while not self._stop and time.monotonic() < self._retry_at:
+            msg = self.consumer.poll(0.2)
+            if msg is not None:
+                # Fetched before the pause took hold: not dropped, read again from here.
+                self._note_unwritten([msg])
+            self._pause_all()
+        if self._stop:
+            return
+        assigned = sorted(self._assigned)
+        try:
+            stored = self._stored_offsets(assigned)
+        except DatabaseDown as exc:
+            self._delay = min(self._delay * 2, MAX_BACKOFF_S)
+            self._enter_outage(exc, "still")
+            return
+        # Back: every assigned partition continues at its first unwritten offset.
+        positions: dict[int, Any] = {}
+        for p in assigned:
+            start = stored.get(p, self._first_unwritten.get(p, OFFSET_BEGINNING))
+            self._start[p] = start
+            positions[p] = start
+            self._seek(p, start)
+        self._first_unwritten.clear()
+        if self._paused:
+            self.consumer.resume([TopicPartition(self.topic, p) for p in sorted(self._paused)])
+        self._paused.clear()
+        self._down = False
+        self._high.clear()
+        self._status("running")
+        log.info("PostgreSQL is back; resuming %s at %s", self.topic, positions)
+
+    # -- the commit protocol --------------------------------------------------------------
+
+    def write_batch(self, messages: list[Message]) -> None:
+        if self.stats.first_batch is None:
+            self.stats.first_batch = time.monotonic()
+        spec = self.spec
+        good: list[Message] = []
+        values: list[Any] = []
+        next_offsets: dict[int, int] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err.str())
+                continue
+            p = msg.partition()
+            if p not in self._assigned:
+                continue
+            next_offsets[p] = msg.offset() + 1
+            good.append(msg)
+            try:
+                values.append(orjson.loads(msg.value()))
+            except orjson.JSONDecodeError as exc:
+                values.append(NotJson(f"not JSON: {exc}"))
+        if not next_offsets:
+            return
+        decoded = spec.decode(values)
+        for r in decoded.rejected:
+            self._dead_letter(good[r.message], spec.invalid_reason, r.detail, r.index, r.payload)
+        rows, origins = self._reduce(decoded)
+        if decoded.rejected:
+            self._flush_dead_letters()
+        try:
+            refused = self._write(rows, origins, good, next_offsets)
+        except DatabaseDown as exc:
+            self._note_unwritten(good)
+            self._enter_outage(exc, "writing a batch")
+            return
+        self.stats.last_commit = time.monotonic()
+        self.stats.batches += 1
+        self.stats.rows += len(rows) - refused
+        self.stats.messages += len(good)
+        self.stats.dead_letters += len(decoded.rejected) + refused
+        self.stats.refused += refused
+        if self.stats.last_error:
+            log.info("PostgreSQL is back; batch written")
+            self.stats.last_error = ""
+        offsets = [TopicPartition(self.topic, p, o) for p, o in next_offsets.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # the database holds the offsets; Kafka's are a convenience
+            log.warning("Kafka offset commit failed (PostgreSQL has them): %s", exc)
+
+    def _reduce(self, decoded: Decoded) -> tuple[list[Row], list[tuple[int, int | None]]]:
+        """Each key's highest version; ties and unversioned rows: the later message."""
+        rows = decoded.rows
+        keyf = self._sql.key_of
+        last = {keyf(r): i for i, r in enumerate(rows)}
+        if len(last) == len(rows):
+            return rows, decoded.origins
+        version = self.spec.version
+        if version is None:
+            keep = sorted(last.values())
+        else:
+            vp, vo = self.spec.index(version[0]), self.spec.index(version[1])
+            best: dict[Any, int] = {}
+            for i, r in enumerate(rows):
+                k = keyf(r)
+                j = best.get(k)
+                if j is None:
+                    best[k] = i
+                    continue
+                old = rows[j]
+                if (r[vo] is None or old[vo] is None or r[vp] != old[vp] or r[vo] >= old[vo]):
+                    best[k] = i
+            keep = sorted(best.values())
+        return [rows[i] for i in keep], [decoded.origins[i] for i in keep]
+
+    def _write(self, rows: list[Row], origins: list[tuple[int, int | None]],
+               messages: list[Message], next_offsets: dict[int, int]) -> int:
+        """Rows and offsets in one transaction; returns how many rows were refused."""
+        try:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    self._apply(conn, rows, direct=True)
+                    self._store_offsets(conn, next_offsets)
+                return 0
+            except psycopg.errors.UniqueViolation:
+                # A key thought new existed (another sink wrote it): merge everything.
+                self._high.clear()
+                try:
+                    with conn.transaction():
+                        self._apply(conn, rows, direct=False)
+                        self._store_offsets(conn, next_offsets)
+                    return 0
+                except _REFUSALS:
+                    pass
+            except _REFUSALS:
+                pass
+            if conn.closed or conn.broken:
+                raise DatabaseDown("the connection broke while writing")
+            # Refused: find the rows PostgreSQL refuses, dead-letter them, write the rest.
+            with conn.transaction():
+                refused = self._split(conn, list(range(len(rows))), rows)
+                if refused:
+                    for i, error in refused:
+                        m, index = origins[i]
+                        self._dead_letter(messages[m], REFUSED, error, index,
+                                          dict(zip(self.spec.columns, rows[i], strict=True)))
+                    self._flush_dead_letters()
+                self._store_offsets(conn, next_offsets)
+            return len(refused)
+        except _CONNECTION_ERRORS as exc:
+            raise DatabaseDown(_one_line(exc)) from exc
+
+    def _split(self, conn: psycopg.Connection[Any], idx: list[int], rows: list[Row]
+               ) -> list[tuple[int, str]]:
+        try:
+            with conn.transaction():  # a savepoint
+                self._apply(conn, [rows[i] for i in idx], direct=False, clear=True)
+            return []
+        except _REFUSALS as exc:
+            if conn.closed or conn.broken:
+                raise
+            if len(idx) == 1:
+                return [(idx[0], self._refusal_text(conn, rows[idx[0]], exc))]
+        half = len(idx) // 2
+        return self._split(conn, idx[:half], rows) + self._split(conn, idx[half:], rows)
+
+    def _refusal_text(self, conn: psycopg.Connection[Any], row: Row, exc: BaseException) -> str:
+        """PostgreSQL's own words for the refused row: a value the binary format cannot
+        carry is sent once more as text for the server to refuse."""
+        if isinstance(exc, psycopg.Error):
+            return _one_line(exc)
+        try:
+            with conn.transaction(), conn.cursor().copy(self._sql.copy_text_tmp) as copy:
+                copy.write_row(row)
+        except psycopg.Error as server:
+            if not (conn.closed or conn.broken):
+                return _one_line(server)
+            raise
+        return _one_line(exc)
+
+    def _apply(self, conn: psycopg.Connection[Any], rows: list[Row], direct: bool,
+               clear: bool = False) -> None:
+        """COPY and merge ``rows`` (one per key) inside the caller's transaction; ``clear``
+        empties the temporary table after the merge (several merges in one transaction)."""
+        if not rows:
+            return
+        sql = self._sql
+        merge = rows
+        new: list[Row] = []
+        if direct and self.spec.direct_new_keys:
+            new, merge = self._split_new(conn, rows)
+        if new:
+            with conn.cursor().copy(sql.copy_direct) as copy:
+                copy.set_types(sql.types)
+                for row in new:
+                    copy.write_row(row)
+        if merge:
+            with conn.cursor() as cur:
+                with cur.copy(sql.copy_tmp) as copy:
+                    copy.set_types(sql.types)
+                    for row in merge:
+                        copy.write_row(row)
+                cur.execute(sql.merge, prepare=True)
+                if clear:
+                    cur.execute(sql.clear_tmp)
+        self._remember_high(rows)
+
+    def _split_new(self, conn: psycopg.Connection[Any], rows: list[Row]
+                   ) -> tuple[list[Row], list[Row]]:
+        """Rows whose key cannot exist yet (past the greatest stored one of its series)."""
+        sql = self._sql
+        series_of, last = sql.series_of, sql.last_key_pos
+        high = self._high
+        unknown = {series_of(r) for r in rows} - high.keys()
+        if unknown:
+            cols = [list(c) for c in zip(*unknown, strict=True)]
+            for *series, top in conn.execute(sql.high_water, cols, prepare=True):
+                high[tuple(series)] = top
+        new: list[Row] = []
+        old: list[Row] = []
+        for r in rows:
+            top = high[series_of(r)]
+            (new if top is None or r[last] > top else old).append(r)
+        return new, old
+
+    def _remember_high(self, rows: list[Row]) -> None:
+        # Called inside the transaction: on a rollback the cache may run ahead of the
+        # table, which only sends a row through the merge. It never falls behind.
+        series_of, last = self._sql.series_of, self._sql.last_key_pos
+        high = self._high
+        for r in rows:
+            s = series_of(r)
+            top = high.get(s)
+            if top is None or r[last] > top:
+                high[s] = r[last]
+
+    def _store_offsets(self, conn: psycopg.Connection[Any], next_offsets: dict[int, int]) -> None:
+        parts = sorted(next_offsets)
+        conn.execute(self._sql.offsets, (self.group, self.topic, parts,
+                                         [next_offsets[p] for p in parts]), prepare=True)
+
+    def _stored_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Next offsets from sink_offsets; DatabaseDown when PostgreSQL does not answer."""
+        try:
+            conn = self._connection()
+            rows = conn.execute(
+                "SELECT partition, next_offset FROM sink_offsets WHERE consumer_group = %s "
+                "AND topic = %s AND partition = ANY(%s)", (self.group, self.topic,
+                                                          list(partitions)),
+            ).fetchall()
+            conn.commit()
+            return {int(p): int(o) for p, o in rows}
+        except _CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise DatabaseDown(_one_line(exc)) from exc
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._drop_connection()
+            conn = psycopg.connect(self.settings.database_url, connect_timeout=5)
+            conn.execute(self._sql.create_tmp)
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    def _dead_letter(self, msg: Message, reason: str, detail: str, index: int | None,
+                     payload: Any) -> None:
+        record = dead_letter(
+            reason=reason, detail=detail, stage="sink", topic=msg.topic(),
+            partition=msg.partition(), offset=msg.offset(), index=index, payload=payload,
+            symbol=(msg.key() or b"").decode("utf-8", "replace") or None,
+            now_ms=int(time.time() * 1000))
+        if reason == REFUSED:
+            log.warning("%s refused by PostgreSQL, sent to %s: %s (%s[%d] offset %d index %s)",
+                        self.spec.name, self.settings.topics.dead_letter, detail, msg.topic(),
+                        msg.partition(), msg.offset(), index)
+        while True:
+            try:
+                self.dlq.produce(self.settings.topics.dead_letter, key=dead_letter_key(record),
+                                 value=orjson.dumps(record, default=repr))
+                return
+            except BufferError:
+                self.dlq.poll(0.05)
+
+    def _flush_dead_letters(self) -> None:
+        remaining = self.dlq.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} dead letters not acknowledged by Kafka")
+
+
+class _Sql:
+    """The statements of one declaration."""
+
+    def __init__(self, spec: SinkSpec) -> None:
+        cols = ", ".join(spec.columns)
+        tmp = f"{spec.table}_in"
+        self.types = list(spec.types)
+        key_pos = [spec.index(c) for c in spec.key]
+        self.key_of = _getter(key_pos)
+        self.series_of = _getter(key_pos[:-1], always_tuple=True)
+        self.last_key_pos = key_pos[-1]
+        self.create_tmp = (f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (LIKE {spec.table} "
+                           "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        self.copy_tmp = f"COPY {tmp} ({cols}) FROM STDIN (FORMAT BINARY)"
+        self.copy_text_tmp = f"COPY {tmp} ({cols}) FROM STDIN"
+        self.copy_direct = f"COPY {spec.table} ({cols}) FROM STDIN (FORMAT BINARY)"
+        self.clear_tmp = f"TRUNCATE {tmp}"
+        updates = [f"{c} = EXCLUDED.{c}" for c in spec.columns if c not in spec.key]
+        insert_cols, select_cols = cols, cols
+        if spec.touch:
+            updates.append(f"{spec.touch} = now()")
+            insert_cols += f", {spec.touch}"
+            select_cols += ", now()"
+        guard = ""
+        if spec.version is not None:
+            vp, vo = spec.version
+            t = spec.table
+            guard = (f" WHERE {t}.{vo} IS NULL OR EXCLUDED.{vo} IS NULL"
+                     f" OR {t}.{vp} IS DISTINCT FROM EXCLUDED.{vp}"
+                     f" OR EXCLUDED.{vo} >= {t}.{vo}")
+        self.merge = (f"INSERT INTO {spec.table} ({insert_cols}) SELECT {select_cols} FROM {tmp} "
+                      f"ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {', '.join(updates)}"
+                      f"{guard}")
+        series = spec.key[:-1]
+        last = spec.key[-1]
+        arrays = ", ".join(f"%s::{spec.types[spec.index(c)]}[]" for c in series)
+        match = " AND ".join(f"t.{c} = s.{c}" for c in series)
+        self.high_water = (f"SELECT {', '.join(f's.{c}' for c in series)}, "
+                           f"(SELECT max(t.{last}) FROM {spec.table} t WHERE {match}) "
+                           f"FROM unnest({arrays}) AS s({', '.join(series)})")
+        self.offsets = (
+            "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset, updated_at) "
+            "SELECT %s, %s, p, o, now() FROM unnest(%s::int[], %s::bigint[]) AS x(p, o) "
+            "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+            "next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset), "
+            "updated_at = now()")
+
+
+def _getter(positions: list[int], always_tuple: bool = False) -> Callable[[Row], Any]:
+    from operator import itemgetter
+
+    if len(positions) == 1:
+        get = itemgetter(positions[0])
+        return (lambda r: (get(r),)) if always_tuple else get
+    return itemgetter(*positions)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
