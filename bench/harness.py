@@ -7,7 +7,11 @@ Measurements (each on fresh topics and a fresh database):
 1. produce: synthetic ticks into the raw tick topic, framed and one tick per message;
 2. bare consumer: confluent-kafka + orjson decoding every tick of the framed topic (ceiling);
 3. candle agent: ticks/s through the Faust worker between its first and last message;
-4. end to end: first produce to the last tick counted in PostgreSQL's 1m bars.
+4. end to end: first produce to the last tick counted in PostgreSQL's 1m bars;
+then latency at a steady rate (several runs, each one's p50 and p99), the peers (Quix
+Streams, the old pandas approach), scale (workers and symbols, ticks produced while the
+workers run, and a backlog drained by 1, 2 and 4 workers started at once) and failover
+(kill -9 of one of two workers: seconds until its symbols' bars move again in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,11 +253,28 @@ def measure_end_to_end(env: BenchEnv, ticks: int, symbols: list[str], seed: int,
             **peaks}
 
 
+# Steps that ``skip`` can leave out; "core" is produce, bare consumer, agent, sink and end
+# to end (the topics of its produce step feed quix too).
+STEPS = ("core", "latency", "quix", "oldstyle", "scale", "failover")
+
+
 def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed: int,
             workdir: Path, log: Any = print, latency_rate: float = 5_000,
-            latency_s: float = 30.0, scale_ticks: int = 500_000,
+            latency_s: float = 30.0, latency_runs: int = 5, scale_ticks: int = 500_000,
+            backlog_ticks: int = 2_000_000,
+            failover_rate: float = 5_000, failover_timeouts: tuple[float, ...] = (10.0, 6.0),
+            failover_settle_s: float = 8.0,
             skip: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """All measurements in one run; ``skip`` names steps to leave out (peers, scale ...)."""
+    """All measurements in one run; ``skip`` names steps (``STEPS``) to leave out."""
+    unknown = set(skip) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown steps {sorted(unknown)}; the steps are {', '.join(STEPS)}")
+    if "failover" not in skip:  # before the long steps, not after them
+        floor = broker_min_session_timeout_s(base)
+        too_low = [t for t in failover_timeouts if t < floor]
+        if too_low:
+            raise ValueError(f"session timeouts {too_low} are below the broker's "
+                             f"group.min.session.timeout.ms ({floor:g} s)")
     symbols = list(_bench_symbols(base, symbol_count))
     base = base.model_copy(update={"symbols": tuple(symbols)})
     result: dict[str, Any] = {
@@ -258,54 +282,99 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "ticks": ticks, "symbols": len(symbols), "frame_size": frame_size,
-        "event_rate": EVENT_RATE,
+        "event_rate": EVENT_RATE, "skipped": sorted(skip),
     }
     envs: list[BenchEnv] = []
+    timings: dict[str, float] = {}
 
     def fresh(**kw: Any) -> BenchEnv:
         env = BenchEnv.fresh(base, workdir, **kw)
         envs.append(env)
         return env
 
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        """Times a step (seconds in result["step_seconds"])."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            timings[name] = timings.get(name, 0.0) + time.monotonic() - started
+
     try:
-        framed = fresh(frame_size=frame_size)
-        log(f"1. producing {ticks:,} ticks over {len(symbols)} symbols, frames of {frame_size}")
-        result["produce_framed"] = measure_produce(framed, ticks, symbols, frame_size, seed)
-        unframed = fresh(frame_size=1)
-        log("   ... and one tick per message")
-        result["produce_unframed"] = measure_produce(unframed, ticks, symbols, 1, seed)
-        log("2. bare confluent-kafka consumer + orjson on the framed topic")
-        result["bare_consumer"] = measure_bare_consumer(framed, ticks)
-        log("3. the candle agent (Faust worker) on the same topic")
-        result["agent"] = measure_agent(framed, ticks)
-        log("4. the sink alone, beside COPY into the same keyed table and into a bare one")
-        result["sink"] = measure_sink(fresh(), 200_000, symbols)
-        log("5. end to end: produce -> worker -> sink -> PostgreSQL")
-        result["end_to_end"] = measure_end_to_end(fresh(frame_size=frame_size), ticks, symbols,
-                                                  seed, expected_in_bars=result["agent"]["ticks"])
-        log(f"   latency at a steady {latency_rate:,.0f} ticks/s for {latency_s:.0f} s")
-        result["latency"] = measure_latency(fresh(), latency_rate, latency_s, symbols, seed)
+        if "core" not in skip or "quix" not in skip:
+            with step("core"):
+                framed = fresh(frame_size=frame_size)
+                log(f"1. producing {ticks:,} ticks over {len(symbols)} symbols, "
+                    f"frames of {frame_size}")
+                result["produce_framed"] = measure_produce(framed, ticks, symbols, frame_size,
+                                                           seed)
+                unframed = fresh(frame_size=1)
+                log("   ... and one tick per message")
+                result["produce_unframed"] = measure_produce(unframed, ticks, symbols, 1, seed)
+        if "core" not in skip:
+            with step("core"):
+                log("2. bare confluent-kafka consumer + orjson on the framed topic")
+                result["bare_consumer"] = measure_bare_consumer(framed, ticks)
+                log("3. the candle agent (Faust worker) on the same topic")
+                result["agent"] = measure_agent(framed, ticks)
+                log("4. the sink alone, beside COPY into the same keyed table and into a bare "
+                    "one")
+                result["sink"] = measure_sink(fresh(), 200_000, symbols)
+                log("5. end to end: produce -> worker -> sink -> PostgreSQL")
+                result["end_to_end"] = measure_end_to_end(
+                    fresh(frame_size=frame_size), ticks, symbols, seed,
+                    expected_in_bars=result["agent"]["ticks"])
+        if "latency" not in skip:
+            with step("latency"):
+                runs = []
+                for i in range(latency_runs):
+                    log(f"6. latency at a steady {latency_rate:,.0f} ticks/s for "
+                        f"{latency_s:.0f} s, run {i + 1} of {latency_runs}")
+                    runs.append(measure_latency(fresh(), latency_rate, latency_s, symbols, seed))
+                result["latency"] = summarize_latency(runs)
         if "quix" not in skip:
-            log("6. Quix Streams, 1m tumbling windows, on the unframed and the framed topic")
-            result["quix"] = measure_quix(framed, framed, unframed, ticks)
+            with step("quix"):
+                log("7. Quix Streams, 1m tumbling windows, on the unframed and the framed topic")
+                result["quix"] = measure_quix(framed, framed, unframed, ticks)
         if "oldstyle" not in skip:
-            log("7. the old approach: ticks in PostgreSQL, pandas resample per cycle")
-            result["oldstyle"] = measure_oldstyle(fresh(), ticks, symbols, seed)
+            with step("oldstyle"):
+                log("8. the old approach: ticks in PostgreSQL, pandas resample per cycle")
+                result["oldstyle"] = measure_oldstyle(fresh(), ticks, symbols, seed)
         if "scale" not in skip:
-            result["scale"] = []
-            for workers in (1, 2, 4):
-                log(f"8. scale: {workers} worker(s), 12 partitions, {scale_ticks:,} ticks")
-                result["scale"].append(measure_agent_scale(
-                    fresh(partitions=12), workers, scale_ticks, symbols, seed))
-            for count in (8, 28, 200):
-                names = _bench_symbols(base, count)
-                log(f"   scale: 1 worker, {count} symbols")
-                env = BenchEnv.fresh(base.model_copy(update={"symbols": tuple(names)}), workdir)
-                envs.append(env)
-                result["scale"].append(measure_agent_scale(env, 1, scale_ticks, names, seed))
+            with step("scale"):
+                result["scale"] = []
+                for workers in (1, 2, 4):
+                    log(f"9. scale: {workers} worker(s), 12 partitions, {scale_ticks:,} ticks "
+                        "produced while they run")
+                    result["scale"].append(measure_agent_scale(
+                        fresh(partitions=12), workers, scale_ticks, symbols, seed))
+                for count in (8, 28, 200):
+                    names = _bench_symbols(base, count)
+                    log(f"   scale: 1 worker, {count} symbols")
+                    env = BenchEnv.fresh(base.model_copy(update={"symbols": tuple(names)}),
+                                         workdir)
+                    envs.append(env)
+                    result["scale"].append(measure_agent_scale(env, 1, scale_ticks, names, seed))
+                result["scale_backlog"] = []
+                for workers in (1, 2, 4):
+                    log(f"   scale: a backlog of {backlog_ticks:,} ticks in 12 partitions, "
+                        f"then {workers} worker(s) started at once")
+                    result["scale_backlog"].append(measure_backlog_drain(
+                        fresh(partitions=12), workers, backlog_ticks, symbols, seed))
+        if "failover" not in skip:
+            with step("failover"):
+                result["failover"] = []
+                for timeout in failover_timeouts:
+                    log(f"10. failover: 2 workers at {failover_rate:,.0f} ticks/s, kill -9 of "
+                        f"one, session timeout {timeout:g} s")
+                    result["failover"].append(measure_failover(
+                        fresh(session_timeout_s=timeout), failover_rate, symbols, seed,
+                        settle_s=failover_settle_s))
     finally:
         for env in envs:
             drop_database(env.settings.database_url)
+    result["step_seconds"] = timings
     result["ratios"] = ratios(result)
     with open(RESULTS, "ab") as handle:
         handle.write(orjson.dumps(result) + b"\n")
@@ -313,23 +382,37 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
-    out = {
-        "agent_to_bare_consumer": result["agent"]["ticks_per_s"]
-        / result["bare_consumer"]["ticks_per_s"],
-        "sink_to_copy_keyed": result["sink"]["rows_per_s"]
-        / result["sink"]["copy_keyed_rows_per_s"],
-        "end_to_end_to_agent": result["end_to_end"]["ticks_per_s"]
-        / result["agent"]["ticks_per_s"],
-        "produce_framed_to_unframed": result["produce_framed"]["ticks_per_s"]
-        / result["produce_unframed"]["ticks_per_s"],
-    }
-    if "quix" in result:
+    out: dict[str, float] = {}
+    if "agent" in result:
+        out.update({
+            "agent_to_bare_consumer": result["agent"]["ticks_per_s"]
+            / result["bare_consumer"]["ticks_per_s"],
+            "sink_to_copy_keyed": result["sink"]["rows_per_s"]
+            / result["sink"]["copy_keyed_rows_per_s"],
+            "end_to_end_to_agent": result["end_to_end"]["ticks_per_s"]
+            / result["agent"]["ticks_per_s"],
+        })
+    if "produce_framed" in result:
+        out["produce_framed_to_unframed"] = result["produce_framed"]["ticks_per_s"] / result[
+            "produce_unframed"]["ticks_per_s"]
+    if "quix" in result and "agent" in result:
         for label in ("unframed", "framed"):
             out[f"agent_to_quix_{label}"] = result["agent"]["ticks_per_s"] / result["quix"][
                 label]["ticks_per_s"]
-    if "oldstyle" in result:
+    if "oldstyle" in result and "agent" in result:
         out["agent_to_oldstyle"] = result["agent"]["ticks_per_s"] / result["oldstyle"][
             "ticks_per_s"]
+    if "latency" in result and "runs" in result["latency"]:
+        lat = result["latency"]
+        out["latency_p99_max_to_min"] = lat["p99_max_ms"] / lat["p99_min_ms"]
+    backlog = {r["workers"]: r for r in result.get("scale_backlog", [])}
+    if 1 in backlog:
+        for n, r in backlog.items():
+            if n != 1:  # speed-up of the drain over one worker: 1 s / N s
+                out[f"backlog_drain_{n}_workers_speedup"] = backlog[1]["drain_s"] / r["drain_s"]
+    for run in result.get("failover", []):
+        t = run["session_timeout_s"]
+        out[f"failover_max_to_session_timeout_{t:g}s"] = run["recovery_max_s"] / t
     return out
 
 
@@ -447,82 +530,134 @@ def _copy_seconds(url: str, data: list[tuple[Any, ...]], keyed: bool) -> float:
 # --- latency at a steady rate ---------------------------------------------------------------------
 
 
-def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list[str],
-                    seed: int) -> dict[str, float]:
-    """From a tick's produce to the moment its 1m bar's row in PostgreSQL counts it.
+class _Arrivals:
+    """When each accepted tick's 1m bar in PostgreSQL counts it.
 
-    The producer paces ticks at ``rate`` and notes the send time of each accepted tick
-    (re-sent quotes count once, as in the worker) with its position in its bar. A
-    poller reads the bars' tick counts every 10 ms; a tick has arrived once its bar's
-    count reaches its position. The poll interval bounds the error (+0-10 ms).
+    The producer calls ``note`` with each tick it publishes; it keeps the send time of
+    each accepted tick (re-sent quotes count once, as in the worker) with its position in
+    its bar. A poller reads the bars' tick counts every 10 ms; a tick has arrived once its
+    bar's count reaches its position. The poll interval bounds the error (+0-10 ms).
     """
-    import threading
 
-    from pipeline.db.migrate import migrate
-    s = env.settings
-    migrate(s)
-    worker, sink = Service(env, "worker"), Service(env, "sink")
-    pending: dict[tuple[str, int], list[tuple[int, float]]] = {}
-    latencies: list[float] = []
-    lock = threading.Lock()
-    done = threading.Event()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.arrived: list[tuple[str, float, float]] = []  # symbol, sent, arrived (monotonic)
+        self._pending: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        self._prev: dict[str, tuple[Any, ...]] = {}
+        self._position: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True)
 
-    def poll() -> None:
-        with psycopg.connect(s.database_url, autocommit=True) as conn:
-            while not done.is_set():
+    def start(self) -> None:
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._poller.is_alive():
+            self._poller.join(10)
+
+    def note(self, tick: dict[str, Any]) -> None:
+        quote = (tick["ts_ms"], tick.get("bid"), tick.get("ask"))
+        if self._prev.get(tick["symbol"]) == quote:
+            return  # a re-sent quote counts once, as in the worker
+        self._prev[tick["symbol"]] = quote
+        bar = (tick["symbol"], tick["ts_ms"] - tick["ts_ms"] % 60_000)
+        self._position[bar] = self._position.get(bar, 0) + 1
+        with self._lock:
+            self._pending.setdefault(bar, []).append((self._position[bar], time.monotonic()))
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(queue) for queue in self._pending.values())
+
+    def oldest_waiting_s(self) -> float:
+        """Age of the oldest tick sent and not yet in PostgreSQL (0 when none waits)."""
+        with self._lock:
+            heads = [queue[0][1] for queue in self._pending.values() if queue]
+        return time.monotonic() - min(heads) if heads else 0.0
+
+    def snapshot(self, start: int = 0) -> list[tuple[str, float, float]]:
+        with self._lock:
+            return self.arrived[start:]
+
+    def _poll(self) -> None:
+        with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
+            while not self._done.is_set():
                 now = time.monotonic()
                 try:
                     rows = conn.execute("SELECT symbol, ts_utc, tick_volume FROM "
                                         "market_data_candles WHERE timeframe = '1m'").fetchall()
                 except psycopg.errors.UndefinedTable:
                     rows = []
-                with lock:
+                with self._lock:
                     for symbol, start, count in rows:
-                        queue = pending.get((symbol, start))
+                        queue = self._pending.get((symbol, start))
                         while queue and queue[0][0] <= count:
-                            latencies.append(now - queue.pop(0)[1])
+                            self.arrived.append((symbol, queue.pop(0)[1], now))
                 time.sleep(0.01)
 
+
+def _wait_joined(worker: Service, sink: Service) -> None:
+    wait_until(lambda: (worker.check(), sink.check(), "assigned" in sink.log.read_text()
+                        and "recovered candle state" in worker.log.read_text())[2],
+               120, "worker and sink to join their groups", interval_s=0.2)
+
+
+LATENCY_EDGES_MS = [0, 10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 1e9]
+
+
+def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list[str],
+                    seed: int) -> dict[str, float]:
+    """From a tick's produce to the moment its 1m bar's row in PostgreSQL counts it, at a
+    steady ``rate`` of live ticks (see ``_Arrivals``)."""
+    from pipeline.db.migrate import migrate
+    s = env.settings
+    migrate(s)
+    worker, sink = Service(env, "worker"), Service(env, "sink")
+    arrivals = _Arrivals(s)
     try:
-        wait_until(lambda: (worker.check(), sink.check(), "assigned" in sink.log.read_text()
-                            and "recovered candle state" in worker.log.read_text())[2],
-                   120, "worker and sink to join their groups", interval_s=0.2)
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        prev: dict[str, tuple[Any, ...]] = {}
-        position: dict[tuple[str, int], int] = {}
-
-        def note(tick: dict[str, Any]) -> None:
-            quote = (tick["ts_ms"], tick.get("bid"), tick.get("ask"))
-            if prev.get(tick["symbol"]) == quote:
-                return  # a re-sent quote counts once, as in the worker
-            prev[tick["symbol"]] = quote
-            bar = (tick["symbol"], tick["ts_ms"] - tick["ts_ms"] % 60_000)
-            position[bar] = position.get(bar, 0) + 1
-            with lock:
-                pending.setdefault(bar, []).append((position[bar], time.monotonic()))
-
+        _wait_joined(worker, sink)
+        arrivals.start()
         sent = run_synthetic(s, symbols, rate=rate, duration_s=duration_s, seed=seed,
-                             paced=True, live_time=True, on_publish=note).ticks
-        wait_until(lambda: not any(pending.values()), 120, "every tick to reach PostgreSQL")
+                             paced=True, live_time=True, on_publish=arrivals.note).ticks
+        wait_until(lambda: arrivals.waiting() == 0, 120, "every tick to reach PostgreSQL")
         peaks = {"worker_peak_rss_mb": worker.peak_rss_mb(),
                  "sink_peak_rss_mb": sink.peak_rss_mb()}
     finally:
-        done.set()
+        arrivals.stop()
         worker.stop()
         sink.stop()
-    ordered = sorted(latencies)
+    ordered = sorted(arrived - sent_at for _, sent_at, arrived in arrivals.arrived)
 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
 
-    edges = [0, 10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 1e9]
+    edges = LATENCY_EDGES_MS
     histogram = [sum(1 for x in ordered if lo <= x * 1000 < hi)
                  for lo, hi in itertools.pairwise(edges)]
     return {"rate": rate, "duration_s": duration_s, "ticks": sent, "samples": len(ordered),
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
             "max_ms": ordered[-1] * 1000, "histogram_edges_ms": edges[:-1],
             "histogram": histogram, **peaks}
+
+
+def summarize_latency(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several latency runs side by side: each run's figures and their spread, no single
+    figure (one run on a shared 2-core machine moves by tens of ms)."""
+    p50s = [r["p50_ms"] for r in runs]
+    p99s = [r["p99_ms"] for r in runs]
+    return {
+        "rate": runs[0]["rate"], "duration_s": runs[0]["duration_s"], "runs": runs,
+        "p50s_ms": p50s, "p99s_ms": p99s,
+        "p50_min_ms": min(p50s), "p50_max_ms": max(p50s),
+        "p99_min_ms": min(p99s), "p99_max_ms": max(p99s),
+        "max_ms": max(r["max_ms"] for r in runs),
+        "histogram_edges_ms": runs[0]["histogram_edges_ms"],
+        "histogram": [sum(col) for col in zip(*(r["histogram"] for r in runs), strict=True)],
+        "worker_peak_rss_mb": max(r["worker_peak_rss_mb"] for r in runs),
+        "sink_peak_rss_mb": max(r["sink_peak_rss_mb"] for r in runs),
+    }
 
 
 # --- peers --------------------------------------------------------------------------------
@@ -607,19 +742,243 @@ def measure_agent_scale(env: BenchEnv, workers: int, ticks: int, symbols: list[s
             "workers_that_worked": len(spans)}
 
 
-def _group_members(settings: Settings) -> int:
+def _describe_group(settings: Settings, group: str | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
+    group = group or settings.worker_group
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    futures = admin.describe_consumer_groups([settings.worker_group], request_timeout=10)
-    desc = futures[settings.worker_group].result(timeout=15)
-    return len(desc.members)
+    futures = admin.describe_consumer_groups([group], request_timeout=10)
+    return futures[group].result(timeout=15)
+
+
+def _group_members(settings: Settings) -> int:
+    return len(_describe_group(settings).members)
 
 
 def _group_stable(settings: Settings) -> bool:
     from confluent_kafka import ConsumerGroupState
-    from confluent_kafka.admin import AdminClient
+
+    return _describe_group(settings).state == ConsumerGroupState.STABLE
+
+
+def measure_backlog_drain(env: BenchEnv, workers: int, ticks: int, symbols: list[str],
+                          seed: int) -> dict[str, Any]:
+    """A backlog first (no worker running), then N workers started at once: seconds from
+    their launch to lag 0 (start-up, joining and rebalancing included), and each worker's
+    rate from its own first to last message."""
+    s = env.settings
+    run_synthetic(s, symbols, rate=EVENT_RATE, duration_s=None, count=ticks, seed=seed,
+                  paced=False, live_time=False)
+    launched = time.monotonic()
+    procs = [Service(env, "worker") for _ in range(workers)]
+    try:
+        drained = wait_until(lambda: (all(p.check() is None for p in procs),
+                                      total_lag(s, s.worker_group, s.topics.ticks) == 0)[1],
+                             900, f"{workers} worker(s) to drain the backlog", interval_s=0.25)
+    finally:
+        logs = [p.stop() for p in procs]
+    per_worker = []
+    for log in logs:
+        stopping, span = _STOPPING.search(log), _SPAN.search(log)
+        if not stopping or not span:
+            raise RuntimeError(f"no throughput line in a worker log:\n{log[-2000:]}")
+        worked = float(span[2]) > 0
+        seconds = float(stopping[3])
+        per_worker.append({
+            "messages": int(stopping[1]), "ticks": int(stopping[2]), "seconds": seconds,
+            "ticks_per_s": int(stopping[2]) / seconds if seconds else 0.0,
+            "first_message_s": float(span[2]) - launched if worked else None,
+            "last_message_s": float(span[3]) - launched if worked else None})
+    worked = [w for w in per_worker if w["first_message_s"] is not None]
+    total = sum(w["ticks"] for w in per_worker)
+    first = min(w["first_message_s"] for w in worked)
+    span_s = max(w["last_message_s"] for w in worked) - first
+    return {"workers": workers, "partitions": s.partitions, "symbols": len(symbols),
+            "ticks_produced": ticks, "ticks": total, "drain_s": drained - launched,
+            "first_message_s": first, "span_s": span_s,
+            "ticks_per_s": total / span_s if span_s else float("nan"),
+            "drain_ticks_per_s": total / (drained - launched),
+            "workers_that_worked": len(worked), "per_worker": per_worker}
+
+
+# --- failover -----------------------------------------------------------------------------
+
+
+def broker_min_session_timeout_s(settings: Settings) -> float:
+    """The broker's group.min.session.timeout.ms: a lower session timeout is refused."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    futures = admin.describe_consumer_groups([settings.worker_group], request_timeout=10)
-    return futures[settings.worker_group].result(timeout=15).state == ConsumerGroupState.STABLE
+    broker = min(admin.list_topics(timeout=10).brokers)
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+    configs = admin.describe_configs([resource], request_timeout=10)[resource].result(timeout=15)
+    return int(configs["group.min.session.timeout.ms"].value) / 1000
+
+
+def _ticks_assignment(settings: Settings) -> dict[str, set[int]]:
+    """member id -> the tick partitions it holds."""
+    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions
+                          if tp.topic == settings.topics.ticks}
+            for m in _describe_group(settings).members}
+
+
+def _partition_symbols(settings: Settings) -> dict[int, set[str]]:
+    """Which symbols the tick topic's partitions hold, read from the keys on the topic."""
+    topic = settings.topics.ticks
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"bench-keys-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        out: dict[int, set[str]] = {p: set() for p in partitions}
+        ends = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + 60
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error():
+                    continue
+                out[msg.partition()].add(msg.key().decode())
+                if msg.offset() >= ends.get(msg.partition(), 0) - 1:
+                    ends.pop(msg.partition(), None)
+        return out
+    finally:
+        consumer.close()
+
+
+_LOG_TIME = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.](\d{3})")
+
+
+def _log_times(log: str, marker: str) -> list[float]:
+    """Wall-clock times (epoch s) of the log lines holding ``marker``, where the line starts
+    with a local timestamp as Faust's and the sink's logs do; others are left out."""
+    out = []
+    for line in log.splitlines():
+        if marker in line and (m := _LOG_TIME.match(line)):
+            out.append(datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").timestamp()
+                       + int(m[2]) / 1000)
+    return out
+
+
+def measure_failover(env: BenchEnv, rate: float, symbols: list[str], seed: int,
+                     settle_s: float = 8.0) -> dict[str, Any]:
+    """Two workers in one group and a sink under a steady live load; kill -9 one worker and
+    time, for each symbol on the partitions it held, from the kill to the first tick
+    published after the kill that reaches its bar in PostgreSQL (see ``_Arrivals``).
+
+    Expected: at least the session timeout (the broker notices the dead member) plus the
+    rebalance, the changelog recovery on the survivor and the catch-up."""
+    from pipeline.db.migrate import migrate
+
+    s = env.settings
+    migrate(s)
+    sink, victim = Service(env, "sink"), Service(env, "worker")
+    procs = [sink, victim]
+    arrivals = _Arrivals(s)
+    stop = threading.Event()
+    produced: dict[str, Any] = {}
+
+    def produce() -> None:
+        try:
+            produced["report"] = run_synthetic(s, symbols, rate=rate, duration_s=None,
+                                               seed=seed, paced=True, live_time=True,
+                                               on_publish=arrivals.note,
+                                               should_stop=stop.is_set)
+        except BaseException as exc:  # reported by the main thread
+            produced["error"] = exc
+
+    producer = threading.Thread(target=produce, daemon=True)
+    try:
+        _wait_joined(victim, sink)
+        wait_until(lambda: _group_members(s) == 1 and _group_stable(s), 120,
+                   "the first worker to hold the group", interval_s=0.3)
+        victim_id = next(iter(_ticks_assignment(s)))
+        survivor = Service(env, "worker")
+        procs.append(survivor)
+        wait_until(lambda: (survivor.check(), _group_members(s) == 2 and _group_stable(s)
+                            and "recovered candle state" in survivor.log.read_text())[1],
+                   180, "the second worker to join", interval_s=0.3)
+        time.sleep(1.0)
+        arrivals.start()
+        producer.start()
+        time.sleep(settle_s)
+        wait_until(lambda: len({a[0] for a in arrivals.snapshot()}) == len(symbols), 60,
+                   "every symbol to reach PostgreSQL before the kill", interval_s=0.2)
+        try:  # kill a caught-up pipeline where it gets there: nothing sent 0.5 s ago waits
+            wait_until(lambda: arrivals.oldest_waiting_s() < 0.5, 30, "", interval_s=0.1)
+            caught_up = True
+        except TimeoutError:
+            caught_up = False
+        assignment = _ticks_assignment(s)
+        if victim_id not in assignment or len(assignment) != 2:
+            raise RuntimeError(f"unexpected worker group before the kill: {assignment}")
+        killed_partitions = sorted(assignment[victim_id])
+        by_partition = _partition_symbols(s)
+        killed_symbols = sorted(x for p in killed_partitions for x in by_partition[p])
+        if not killed_symbols:
+            raise RuntimeError(f"the worker to kill holds no symbol: {assignment}")
+
+        behind_s = arrivals.oldest_waiting_s()
+        killed_at, killed_wall = time.monotonic(), time.time()
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait()
+        evicted_at: float | None = None
+        recovered: dict[str, float] = {}
+        seen = 0
+        deadline = killed_at + s.session_timeout_s + 180
+        while len(recovered) < len(killed_symbols):
+            if time.monotonic() > deadline:
+                missing = len(killed_symbols) - len(recovered)
+                raise TimeoutError(f"benchmark: after the kill, {missing} symbols did not "
+                                   f"reach PostgreSQL in {deadline - killed_at:.0f} s")
+            if "error" in produced:
+                raise RuntimeError(f"producer failed: {produced['error']!r}")
+            survivor.check()
+            sink.check()
+            if evicted_at is None and _group_members(s) == 1:
+                evicted_at = time.monotonic()
+            new = arrivals.snapshot(seen)
+            seen += len(new)
+            for symbol, sent_at, arrived in new:
+                if sent_at >= killed_at and symbol in killed_symbols:
+                    recovered.setdefault(symbol, arrived)
+            time.sleep(0.1)
+        all_back = max(recovered.values())
+        time.sleep(2.0)  # some steady flow after the recovery
+        stop.set()
+        producer.join(60)
+        wait_until(lambda: arrivals.waiting() == 0, 120, "every tick to reach PostgreSQL")
+    finally:
+        stop.set()
+        arrivals.stop()
+        for proc in procs:
+            proc.stop()
+    seconds = sorted(t - killed_at for t in recovered.values())
+    others = [arrived - sent_at for symbol, sent_at, arrived in arrivals.arrived
+              if symbol not in killed_symbols and killed_at <= sent_at <= all_back]
+    # The 3 s before the kill, ending 1 s before it: the victim's last ticks wait for the
+    # failover and would count here otherwise.
+    before = sorted(arrived - sent_at for _, sent_at, arrived in arrivals.arrived
+                    if killed_at - 4 <= sent_at < killed_at - 1)
+    ready = _log_times(survivor.log.read_text(), "Worker ready")
+    ready_after = [t - killed_wall for t in ready if t > killed_wall]
+    return {
+        "session_timeout_s": s.session_timeout_s, "rate": rate, "partitions": s.partitions,
+        "symbols": len(symbols), "settle_s": settle_s,
+        "killed_partitions": killed_partitions, "killed_symbols": len(killed_symbols),
+        "caught_up_before_kill": caught_up, "behind_at_kill_s": behind_s,
+        "evicted_s": evicted_at - killed_at if evicted_at is not None else None,
+        "survivor_ready_s": ready_after[0] if ready_after else None,
+        "recovery_max_s": seconds[-1], "recovery_median_s": seconds[len(seconds) // 2],
+        "recovery_min_s": seconds[0],
+        "recovery_s": {x: recovered[x] - killed_at for x in killed_symbols},
+        "survivor_symbols_max_latency_s": max(others) if others else None,
+        "p50_before_kill_ms": before[len(before) // 2] * 1000 if before else None,
+        "p99_before_kill_ms": before[min(len(before) - 1, int(0.99 * len(before)))] * 1000
+        if before else None,
+        "ticks": produced["report"].ticks if "report" in produced else None,
+    }

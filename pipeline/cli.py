@@ -260,7 +260,7 @@ def _ensure_topics(settings: Settings) -> None:
 @app.command("worker")
 def worker(ctx: typer.Context) -> None:
     """Run the Faust worker (candle agent). Scale out by starting more with the same settings."""
-    from pipeline.worker.run import run_worker
+    from pipeline.runtime.run import run_worker
 
     settings = settings_of(ctx).require_connections()
     setup_logging(settings)
@@ -309,7 +309,25 @@ def bench(
     symbols: Annotated[int, typer.Option(min=1, help="symbols")] = 28,
     frame_size: Annotated[int, typer.Option(min=1, help="ticks per message")] = 500,
     seed: Annotated[int, typer.Option(help="generator seed")] = 1,
-    skip: Annotated[str, typer.Option(help="comma-separated: quix,oldstyle,scale")] = "",
+    skip: Annotated[str, typer.Option(
+        help="comma-separated steps to leave out: core (produce, bare consumer, agent, sink, "
+             "end to end), latency, quix, oldstyle, scale, failover")] = "",
+    only: Annotated[str, typer.Option(
+        help="comma-separated steps to run, the others left out (same names as --skip)")] = "",
+    latency_runs: Annotated[int, typer.Option(min=1, help="latency runs, each on fresh "
+                                                         "topics and database")] = 5,
+    latency_seconds: Annotated[float, typer.Option(min=1, help="seconds per latency run")] = 30,
+    latency_rate: Annotated[float, typer.Option(min=1, help="latency: ticks/s")] = 5000,
+    scale_ticks: Annotated[int, typer.Option(
+        min=1000, help="ticks per scale run, produced while the workers run")] = 500_000,
+    backlog_ticks: Annotated[int, typer.Option(
+        min=1000, help="scale: the backlog that 1, 2 and 4 workers drain")] = 2_000_000,
+    failover_timeouts: Annotated[str, typer.Option(
+        help="failover: comma-separated session timeouts (s), one run each; the broker's "
+             "group.min.session.timeout.ms is the floor")] = "10,6",
+    failover_rate: Annotated[float, typer.Option(min=1, help="failover: ticks/s")] = 5000,
+    failover_settle: Annotated[float, typer.Option(
+        min=1, help="failover: seconds of steady load before the kill")] = 8,
 ) -> None:
     """Measure fxstream beside its ceilings and peers on the running stack (`fxstream stack
     up` first); prints one JSON document, appends it to bench/results.jsonl and draws
@@ -317,14 +335,37 @@ def bench(
     import orjson
 
     from bench.chart import draw
-    from bench.harness import run_all
+    from bench.harness import STEPS, broker_min_session_timeout_s, run_all
 
+    def names(value: str, option: str) -> frozenset[str]:
+        out = frozenset(x.strip() for x in value.split(",") if x.strip())
+        if out - set(STEPS):
+            raise typer.BadParameter(f"unknown steps {', '.join(sorted(out - set(STEPS)))}; "
+                                     f"the steps are {', '.join(STEPS)}", param_hint=option)
+        return out
+
+    left_out = names(skip, "--skip")
+    if only:
+        left_out |= frozenset(STEPS) - names(only, "--only")
+    try:
+        timeouts = tuple(float(x) for x in failover_timeouts.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(failover_timeouts, param_hint="--failover-timeouts") from None
     settings = settings_of(ctx).require_connections()
+    if "failover" not in left_out:
+        floor = broker_min_session_timeout_s(settings)
+        if any(t < floor for t in timeouts):
+            raise typer.BadParameter(f"{failover_timeouts}: the broker's group.min.session."
+                                     f"timeout.ms is {floor:g} s", param_hint="--failover-timeouts")
     setup_logging(settings.model_copy(update={"log_level": "WARNING"}))
     workdir = (settings.state_dir / "bench").resolve()
     result = run_all(settings, ticks=ticks, symbol_count=symbols, frame_size=frame_size,
                      seed=seed, workdir=workdir, log=lambda m: err_console.print(m),
-                     skip=frozenset(x.strip() for x in skip.split(",") if x.strip()))
+                     latency_rate=latency_rate, latency_s=latency_seconds,
+                     latency_runs=latency_runs, scale_ticks=scale_ticks,
+                     backlog_ticks=backlog_ticks,
+                     failover_rate=failover_rate, failover_timeouts=timeouts,
+                     failover_settle_s=failover_settle, skip=left_out)
     chart = draw(result)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     err_console.print(f"chart: {chart}")
