@@ -27,7 +27,9 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "acks": "all",
         # The same partition for a symbol whichever client writes it (Java, aiokafka/Faust).
         "partitioner": "murmur2_random",
-        "linger.ms": 20,
+        # Frames already wait FXSTREAM_FRAME_LINGER_MS for their ticks; a second long
+        # wait here would only add latency. Large frames fill batches by themselves.
+        "linger.ms": 5,
         "batch.size": 1 << 20,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 500_000,
