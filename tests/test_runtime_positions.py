@@ -13,7 +13,6 @@ from pipeline.runtime.positions import (
     encode_cursor,
     encode_envelope,
     is_cursor_key,
-    merge_position,
 )
 
 
@@ -39,9 +38,3 @@ def test_logical_offsets_continue_past_a_recreated_topic() -> None:
     c.base = c.last + 1  # the topic was re-created: Kafka offsets start at 0 again
     assert c.logical(0) == 1000 and c.kafka_offset(1000) == 0
 
-
-def test_partition_cursor_is_the_greatest_position() -> None:
-    cursors: dict[int, Cursor] = {}
-    for p, o in [(0, 5), (0, 9), (1, 3), (0, 7)]:
-        merge_position(cursors, p, o)
-    assert (cursors[0].last, cursors[1].last) == (9, 3)

@@ -74,8 +74,3 @@ def decode_envelope(raw: bytes) -> tuple[int | None, int, dict[str, Any]]:
     partition = value.get("partition")
     return (partition if isinstance(partition, int) else None), int(value.get("offset", -1)), value
 
-
-def merge_position(cursors: dict[int, Cursor], partition: int, position: int) -> None:
-    cursor = cursors.setdefault(partition, Cursor())
-    if position > cursor.last:
-        cursor.last = position

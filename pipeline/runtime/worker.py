@@ -45,7 +45,6 @@ from pipeline.runtime.positions import (
     encode_cursor,
     encode_envelope,
     is_cursor_key,
-    merge_position,
 )
 from pipeline.runtime.source import describe_topic, read_range
 from pipeline.settings import Settings
@@ -297,7 +296,7 @@ class AgentRuntime:
             if p in held:
                 assert p is not None
                 views[p].keys.add(key)
-                merge_position({q: v.cursor for q, v in views.items()}, p, o)
+                views[p].cursor.last = max(views[p].cursor.last, o)
                 states.append((key, p, o, state))
             else:
                 stale.append(key)
