@@ -99,39 +99,50 @@ def _decode_slowly(m: int, value: Any, out: Decoded) -> None:
 
 
 def _columns_valid(rows: list[tuple[Any, ...]], candles: list[Any]) -> bool:
-    """What schemas/candle.v1.json requires, checked a whole column at a time."""
+    """What schemas/candle.v1.json requires, checked a whole column at a time.
+
+    Columns are read through itemgetters rather than transposed with zip(*rows), which
+    allocates an iterator per row (and with them, garbage collections)."""
     try:
         if set(map(_V, candles)) != {1}:
             return False
         (symbol, timeframe, ts, o, h, lo, c, ticks, volume, source, complete, src_p,
-         src_o) = zip(*rows, strict=True)
-        if not all(type(s) is str and 0 < len(s) <= 32 for s in set(symbol)):
+         src_o) = _COLUMN
+        if not all(type(s) is str and 0 < len(s) <= 32 for s in set(map(symbol, rows))):
             return False
-        if not set(timeframe) <= _KNOWN_TIMEFRAMES:
+        if not set(map(timeframe, rows)) <= _KNOWN_TIMEFRAMES:
             return False
-        if set(map(type, ts)) != {int} or min(ts) < 0:
-            return False
-        for col in (o, h, lo, c):
+        for get, low in ((ts, 0), (ticks, 1)):
+            col = list(map(get, rows))
+            if set(map(type, col)) != {int} or min(col) < low:
+                return False
+        for get in (o, h, lo, c):
+            col = list(map(get, rows))
             if set(map(type, col)) != {float} or min(col) <= 0:
                 return False
-        if set(map(type, ticks)) != {int} or min(ticks) < 1:
+        col = list(map(volume, rows))
+        if not set(map(type, col)) <= {float, int} or min(col) < 0:
             return False
-        if not set(map(type, volume)) <= {float, int} or min(volume) < 0:
+        if set(map(type, map(complete, rows))) != {bool}:
             return False
-        if set(map(type, complete)) != {bool}:
+        if not all(s is None or (type(s) is str and len(s) <= 64)
+                   for s in set(map(source, rows))):
             return False
-        if not all(s is None or (type(s) is str and len(s) <= 64) for s in set(source)):
-            return False
-        for col, top in ((src_p, INT4_MAX), (src_o, INT8_MAX)):
-            present = set(col)
-            present.discard(None)
-            if present and (not set(map(type, present)) <= {int}
-                            or min(present) < 0 or max(present) > top):
+        for get, top in ((src_p, INT4_MAX), (src_o, INT8_MAX)):
+            col = list(map(get, rows))
+            types = set(map(type, col))
+            if types != {int}:
+                if not types <= {int, type(None)}:
+                    return False
+                col = [v for v in col if v is not None]
+            if col and (min(col) < 0 or max(col) > top):
                 return False
         return True
-    except TypeError:  # an unhashable or unorderable value somewhere: check one by one
+    except (TypeError, KeyError):  # an unhashable or unorderable value, no "v": one by one
         return False
 
+
+_COLUMN = tuple(itemgetter(i) for i in range(len(WRITE_COLUMNS)))
 
 _CANDLE_KEYS = ("symbol", "timeframe", "ts_utc", "open", "high", "low", "close", "tick_volume",
                 "volume", "complete")

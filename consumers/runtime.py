@@ -16,6 +16,15 @@ messages becomes rows (and what makes a row invalid). The runtime owns the rest:
    sink_offsets (which never moves backwards);
 5. commit, then commit the same offsets to Kafka.
 
+Steps 4 and 5 are pipelined: batch N's transaction runs on a single writer thread
+while the main thread consumes and decodes batch N+1; then the main thread waits for
+N, commits N's offsets to Kafka and hands N+1 to the writer. Every Kafka consumer call
+stays on the main thread. A rebalance callback first waits for the batch in flight, so
+nothing of a revoked partition is written after the callback returned; a batch in
+flight that finds PostgreSQL down starts the outage below, and the batch decoded
+meanwhile is dropped (it is read again from the stored offsets). Stopping waits for
+the batch in flight and commits it.
+
 Failures:
 - PostgreSQL unreachable (connection errors only): pause every assigned partition,
   including ones assigned later, keep polling (group membership, rebalances), back
@@ -40,6 +49,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +119,18 @@ class SinkSpec:
         return self.columns.index(column)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A decoded batch, ready for its transaction: the messages it writes (in order),
+    each partition's next offset, and the rows (one per key) with their origins."""
+
+    messages: list[Message]
+    next_offsets: dict[int, int]
+    rows: list[Row]
+    origins: list[tuple[int, int | None]]
+    rejected: int
+
+
 class NotJson:
     """The value of a message that is not JSON; decode declarations reject it."""
 
@@ -162,6 +184,10 @@ class SinkRuntime:
         self._retry_at = 0.0
         # greatest stored value of the key's last column per series (the other key columns)
         self._high: dict[tuple[Any, ...], Any] = {}
+        # pipelining: one batch's transaction runs on this thread while the next is
+        # consumed and decoded; every Kafka consumer call stays on the main thread
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: tuple[Future[tuple[int, float]], _Batch] | None = None
         self._status_file = (Path(settings.state_dir) / "status"
                              / f"{spec.name}-sink-{os.getpid()}.json")
         self.consumer = Consumer({
@@ -200,25 +226,45 @@ class SinkRuntime:
             timeout = self.settings.sink_batch_timeout_ms / 1000
             size = self.settings.sink_batch_size
             while not self._stop and not until():
+                if self._inflight is not None and self._inflight[0].done():
+                    self._drain()
                 if self._down:
                     self._wait_while_down()
                     continue
                 before = self._rebalances
                 # Wait for the first message only, then take what is already fetched: low
-                # latency when quiet, full batches under load.
+                # latency when quiet, full batches under load. Meanwhile the previous
+                # batch's transaction runs on the writer thread.
                 messages = self.consumer.consume(1, timeout)
                 if messages and size > 1:
                     messages += self.consumer.consume(size - 1, 0)
                 if self._rebalances != before:
+                    # the rebalance callbacks waited for the batch in flight
                     self._restart_assignment(messages)
                     continue
-                if messages:
-                    self.write_batch(messages)
+                batch = self._prepare(messages) if messages else None
+                self._drain()  # the previous batch: written, then its offsets to Kafka
+                if batch is None:
+                    continue
+                if self._down:
+                    # The previous batch found PostgreSQL down: this one is read again
+                    # from the offsets stored there.
+                    self._note_unwritten(batch.messages)
+                    continue
+                self._submit(batch)
         finally:
             self._finish()
         return self.stats
 
     def _finish(self) -> None:
+        try:
+            self._drain()  # the batch in flight is written and committed before leaving
+        except Exception as exc:
+            log.warning("%s sink: the last batch failed while stopping: %s", self.spec.name,
+                        _one_line(exc))
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         active = (self.stats.last_commit or 0.0) - (self.stats.first_batch or 0.0)
         log.info("%s sink stopping: %d rows from %d messages in %d batches, %d dead "
                  "letters; %.3f s between the first batch and the last commit",
@@ -282,6 +328,7 @@ class SinkRuntime:
     # -- assignment -----------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drain()  # nothing in flight while the assignment changes or offsets are read
         self._rebalances += 1
         self._high.clear()
         numbers = [p.partition for p in partitions]
@@ -310,6 +357,10 @@ class SinkRuntime:
             self._paused |= set(numbers)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The batch in flight may hold rows of these partitions: it is written (or found
+        # unwritable) before they go, so nothing of them is written after the new owner
+        # started.
+        self._drain()
         self._rebalances += 1
         self._high.clear()
         gone = {p.partition for p in partitions}
@@ -408,6 +459,16 @@ class SinkRuntime:
     # -- the commit protocol --------------------------------------------------------------
 
     def write_batch(self, messages: list[Message]) -> None:
+        """Decode, write and commit one batch, waiting for it (and any batch in flight)."""
+        batch = self._prepare(messages)
+        self._drain()
+        if batch is not None and not self._down:
+            self._submit(batch)
+            self._drain()
+
+    def _prepare(self, messages: list[Message]) -> _Batch | None:
+        """Decode a batch (main thread): its invalid messages go to the dead-letter topic,
+        acknowledged by Kafka before the batch can be written."""
         if self.stats.first_batch is None:
             self.stats.first_batch = time.monotonic()
         spec = self.spec
@@ -430,29 +491,52 @@ class SinkRuntime:
             except orjson.JSONDecodeError as exc:
                 values.append(NotJson(f"not JSON: {exc}"))
         if not next_offsets:
-            return
+            return None
         decoded = spec.decode(values)
         for r in decoded.rejected:
             self._dead_letter(good[r.message], spec.invalid_reason, r.detail, r.index, r.payload)
         rows, origins = self._reduce(decoded)
         if decoded.rejected:
             self._flush_dead_letters()
+        return _Batch(good, next_offsets, rows, origins, len(decoded.rejected))
+
+    def _submit(self, batch: _Batch) -> None:
+        """Start the batch's transaction on the writer thread (one batch at a time)."""
+        assert self._inflight is None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix=f"{self.spec.name}-writer")
+        future = self._pool.submit(self._write_timed, batch)
+        self._inflight = (future, batch)
+
+    def _write_timed(self, batch: _Batch) -> tuple[int, float]:
+        """The writer thread: the batch's transaction; (refused rows, when it committed)."""
+        refused = self._write(batch.rows, batch.origins, batch.messages, batch.next_offsets)
+        return refused, time.monotonic()
+
+    def _drain(self) -> None:
+        """Wait for the batch in flight (main thread): written, its offsets go to Kafka;
+        PostgreSQL down, the outage starts and its messages are read again."""
+        if self._inflight is None:
+            return
+        future, batch = self._inflight
+        self._inflight = None
         try:
-            refused = self._write(rows, origins, good, next_offsets)
+            refused, committed_at = future.result()
         except DatabaseDown as exc:
-            self._note_unwritten(good)
+            self._note_unwritten(batch.messages)
             self._enter_outage(exc, "writing a batch")
             return
-        self.stats.last_commit = time.monotonic()
+        self.stats.last_commit = committed_at  # PostgreSQL's commit, as before pipelining
         self.stats.batches += 1
-        self.stats.rows += len(rows) - refused
-        self.stats.messages += len(good)
-        self.stats.dead_letters += len(decoded.rejected) + refused
+        self.stats.rows += len(batch.rows) - refused
+        self.stats.messages += len(batch.messages)
+        self.stats.dead_letters += batch.rejected + refused
         self.stats.refused += refused
         if self.stats.last_error:
             log.info("PostgreSQL is back; batch written")
             self.stats.last_error = ""
-        offsets = [TopicPartition(self.topic, p, o) for p, o in next_offsets.items()]
+        offsets = [TopicPartition(self.topic, p, o) for p, o in batch.next_offsets.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # the database holds the offsets; Kafka's are a convenience
