@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 from pipeline.settings import Settings
 from pipeline.topics import create_topics
 from producers.kafka_io import producer_config
+from tests.conftest import wait_for
 from tests.pipeline_helpers import Proc, db_candles, read_topic
 
 pytestmark = pytest.mark.integration
@@ -61,14 +62,19 @@ def wait_until(settings: Settings, procs: list[Proc], want_bars: dict[tuple[str,
                want_dead: list[tuple[str, int | None]], timeout_s: float = 90) -> None:
     """Wait until PostgreSQL holds exactly ``want_bars`` and the dead-letter topic exactly
     ``want_dead``; on a timeout say what was there instead, with the process logs."""
-    deadline = time.monotonic() + timeout_s
     got_bars: dict[tuple[str, int], Any] = {}
     got_dead: list[tuple[str, int | None]] = []
-    while time.monotonic() < deadline:
+
+    def matches() -> bool:
+        nonlocal got_bars, got_dead
         got_bars, got_dead = bars(settings), dead_letters(settings)
-        if got_bars == want_bars and got_dead == want_dead:
-            return
-        time.sleep(0.5)
+        return got_bars == want_bars and got_dead == want_dead
+
+    try:
+        wait_for(matches, timeout_s, "the expected bars and dead letters", interval_s=0.5)
+        return
+    except AssertionError:
+        pass
     logs = "\n".join(f"--- {p.log.name} (alive: {p.alive()})\n{p.tail(15)}" for p in procs)
     raise AssertionError(f"after {timeout_s} s\n bars in PostgreSQL: {got_bars}\n  wanted: "
                          f"{want_bars}\n dead letters: {got_dead[:12]} ({len(got_dead)})\n  "
