@@ -45,13 +45,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -66,6 +64,7 @@ from confluent_kafka import (
 )
 
 from pipeline.core.deadletters import dead_letter, dead_letter_key
+from pipeline.process_status import write_status
 from pipeline.settings import Settings
 
 log = logging.getLogger("fxstream.sink")
@@ -188,8 +187,6 @@ class SinkRuntime:
         # consumed and decoded; every Kafka consumer call stays on the main thread
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: tuple[Future[tuple[int, float]], _Batch] | None = None
-        self._status_file = (Path(settings.state_dir) / "status"
-                             / f"{spec.name}-sink-{os.getpid()}.json")
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": self.group,
@@ -277,13 +274,9 @@ class SinkRuntime:
         self._status("stopped")
 
     def _status(self, state: str, **extra: Any) -> None:
-        """A small JSON file per process under the state directory (what `status` shows)."""
-        with contextlib.suppress(OSError):
-            self._status_file.parent.mkdir(parents=True, exist_ok=True)
-            self._status_file.write_bytes(orjson.dumps({
-                "sink": self.spec.name, "pid": os.getpid(), "group": self.group,
-                "topic": self.topic, "state": state, "at_ms": int(time.time() * 1000),
-                **extra}))
+        """This process's state for `fxstream status` (pipeline.process_status)."""
+        write_status(self.settings.state_dir, f"{self.spec.name}-sink", state,
+                     group=self.group, topic=self.topic, **extra)
 
     # -- start-up: wait for PostgreSQL and Kafka --------------------------------------------
 

@@ -280,23 +280,49 @@ def sink(ctx: typer.Context) -> None:
 
 @app.command("status")
 def status(ctx: typer.Context) -> None:
-    """Per-partition lag of the worker and sink groups, and the newest bar per symbol."""
+    """The worker and sink processes of this state directory and what they wait for,
+    per-partition lag of both groups, and the newest bar per symbol."""
+    from datetime import UTC, datetime
+
+    from confluent_kafka import KafkaException
+
     from pipeline.monitor import group_lag, newest_bars
+    from pipeline.process_status import read_statuses
 
     settings = settings_of(ctx).require_connections()
+    procs = Table(title=f"processes ({settings.state_dir / 'status'})")
+    for col in ("service", "pid", "state", "waiting for", "since (UTC)", "detail"):
+        procs.add_column(col)
+    for rec in read_statuses(settings.state_dir):
+        since = datetime.fromtimestamp(rec.get("at_ms", 0) / 1000, UTC).strftime("%H:%M:%S")
+        procs.add_row(rec.get("service", "?"), str(rec.get("pid", "")), rec["state"],
+                      rec.get("waiting_for", ""), since, str(rec.get("error", ""))[:80])
+    console.print(procs)
     for group, topic in ((settings.worker_group, settings.topics.ticks),
                          (settings.sink_group, settings.topics.candles)):
+        try:
+            lags = group_lag(settings, group, topic)
+        except KafkaException as exc:
+            err_console.print(f"[red]Kafka at {settings.kafka_bootstrap} did not answer:[/red] "
+                              f"{exc.args[0]}", highlight=False)
+            break
         table = Table(title=f"group {group} on {topic}")
         for col in ("partition", "committed", "end", "lag"):
             table.add_column(col, justify="right")
-        for row in group_lag(settings, group, topic):
+        for row in lags:
             table.add_row(str(row.partition), str(row.committed), str(row.end), str(row.lag))
         console.print(table)
     bars = Table(title="newest bar per symbol (1m)")
     for col in ("symbol", "open time (UTC)", "open", "high", "low", "close", "ticks",
                 "complete"):
         bars.add_column(col)
-    for b in newest_bars(settings):
+    try:
+        newest = newest_bars(settings)
+    except Exception as exc:  # psycopg's errors: unreachable, or no schema yet
+        err_console.print(f"[red]PostgreSQL did not answer:[/red] {' '.join(str(exc).split())}",
+                          highlight=False)
+        return
+    for b in newest:
         bars.add_row(b["symbol"], b["opened"], *(f"{b[k]:.5f}" for k in
                      ("open", "high", "low", "close")), str(b["tick_volume"]), str(b["complete"]))
     console.print(bars)

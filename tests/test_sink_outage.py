@@ -23,6 +23,7 @@ from tests.pipeline_helpers import (
     db_candles,
     end_offsets,
     produce_candles,
+    run_cli,
     stored_sink_offsets,
 )
 from tests.stack_fixtures import RealStack
@@ -196,5 +197,10 @@ def test_sink_started_while_kafka_is_down_waits_for_it(
         status = [orjson.loads(f.read_bytes())
                   for f in (settings.state_dir / "status").glob("candle-sink-*.json")]
         assert [(s["state"], s["waiting_for"]) for s in status] == [("waiting", "Kafka")]
+        shown = run_cli(settings, ["status"], tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        line = next(x for x in shown.stdout.splitlines() if "candle-sink" in x)
+        assert "waiting" in line and "Kafka" in line, shown.stdout
+        assert "did not answer" in shown.stderr
     finally:
         assert sink.stop(30) == 0, sink.tail()

@@ -474,3 +474,21 @@ def test_murmur2_partition_is_where_the_producers_put_a_symbol(
                          on_delivery=delivered)
     assert producer.flush(30) == 0
     assert landed == {s.encode(): murmur2_partition(s.encode(), 6) for s in SYMBOLS}
+
+
+def test_worker_started_while_kafka_is_down_waits_and_says_so(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    from pipeline.stack.process import free_port
+
+    settings = settings_for(make_settings, kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: worker.log.read_text().count("waiting for Kafka") >= 2
+                 or not worker.alive(), 90, "the worker to wait for Kafka, twice")
+        assert worker.alive(), worker.tail()
+        shown = run_cli(settings, ["status"], tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        line = next(x for x in shown.stdout.splitlines() if "worker" in x and "waiting" in x)
+        assert "Kafka" in line, shown.stdout
+    finally:
+        stop_all(worker)

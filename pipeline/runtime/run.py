@@ -8,6 +8,7 @@ import time
 import faust
 
 from pipeline.agents.candles import candle_agent
+from pipeline.process_status import write_status
 from pipeline.runtime.app import build_app
 from pipeline.runtime.worker import WorkerRuntime
 from pipeline.settings import Settings
@@ -25,6 +26,8 @@ def wait_for_kafka(settings: Settings, max_delay_s: float = 15.0) -> None:
             return
         except ConnectionError as exc:
             log.warning("waiting for Kafka: %s; trying again in %.0f s", exc, delay)
+            write_status(settings.state_dir, "worker", "waiting", waiting_for="Kafka",
+                         error=str(exc), group=settings.worker_group)
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
 
@@ -33,8 +36,13 @@ def run_worker(settings: Settings) -> None:
     wait_for_kafka(settings)
     app = build_app(settings)
     WorkerRuntime(app, settings, [candle_agent(settings)])
+    write_status(settings.state_dir, "worker", "running", group=settings.worker_group,
+                 topic=settings.topics.ticks)
     # faust.Worker installs SIGTERM/SIGINT handlers that stop the agents, flush the
     # producer, commit the offsets of processed messages and leave the group.
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        write_status(settings.state_dir, "worker", "stopped", group=settings.worker_group)

@@ -1,0 +1,58 @@
+"""What each worker and sink process is doing, as a small JSON file per process.
+
+Processes write ``<state dir>/status/<service>-<pid>.json`` when their state
+changes (waiting for Kafka or PostgreSQL, running, stopped); `fxstream status`
+reads them, so a process that waits for a service is visible without its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def status_file(state_dir: Path, service: str, pid: int | None = None) -> Path:
+    return Path(state_dir) / "status" / f"{service}-{pid or os.getpid()}.json"
+
+
+def write_status(state_dir: Path, service: str, state: str, **extra: Any) -> None:
+    """Record this process's state; never fails the caller (the file is informational)."""
+    path = status_file(state_dir, service)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"service": service, "pid": os.getpid(), "state": state,
+                                      "at_ms": int(time.time() * 1000), **extra}))
+        tmp.replace(path)
+
+
+def read_statuses(state_dir: Path) -> list[dict[str, Any]]:
+    """Every process status under the state directory; a process no longer alive is
+    reported as 'exited' unless it said 'stopped'."""
+    out = []
+    for path in sorted((Path(state_dir) / "status").glob("*.json")):
+        try:
+            record = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if record.get("state") != "stopped" and not _alive(int(record.get("pid", 0))):
+            record["state"] = "exited"
+        out.append(record)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
