@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.stack.process import pid_alive
+
 
 def status_file(state_dir: Path, service: str, pid: int | None = None) -> Path:
     return Path(state_dir) / "status" / f"{service}-{pid or os.getpid()}.json"
@@ -40,19 +42,12 @@ def read_statuses(state_dir: Path) -> list[dict[str, Any]]:
             record = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             continue
-        if record.get("state") != "stopped" and not _alive(int(record.get("pid", 0))):
+        if record.get("state") != "stopped" and not _alive(record.get("pid")):
             record["state"] = "exited"
         out.append(record)
     return out
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _alive(pid: object) -> bool:
+    return isinstance(pid, int) and pid > 0 and pid_alive(pid)
+
