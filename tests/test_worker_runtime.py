@@ -28,8 +28,9 @@ from producers.kafka_io import producer_config
 from producers.synthetic import SyntheticTicks
 from tests.conftest import wait_for
 from tests.pipeline_helpers import Proc, db_candles, read_topic, run_cli
-from tests.reference_candles import compare_candles, reference_from_csv
+from tests.reference_candles import reference_from_csv
 from tests.test_candles_crash import group_settled
+from tests.test_candles_pipeline import wait_for_reference
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +60,7 @@ def synthetic_csv(path: Path, count: int, rate: float, seed: int = 3) -> Path:
 def wait_exact(settings: Settings, csv: Path, procs: list[Proc], timeout_s: float = 240) -> None:
     ref = reference_from_csv(str(csv), timeframes=TFS, lateness_ms=settings.lateness_ms,
                              known_symbols=set(settings.symbols))
-    last: list[str] = []
-
-    def matches() -> bool:
-        for p in procs:
-            assert p.alive(), f"{p.log.name} died:\n{p.tail()}"
-        actual = db_candles(settings)
-        last[:] = compare_candles(ref.candles, actual)
-        return not last and all(r["complete"] for r in actual.values())
-
-    try:
-        wait_for(matches, timeout_s, "the candles in PostgreSQL to equal the reference")
-    except AssertionError:
-        logs = "\n".join(f"--- {p.log.name}\n{p.tail(15)}" for p in procs)
-        raise AssertionError(f"{len(last)} differences, first: {last[:5]}\n{logs}") from None
+    wait_for_reference(settings, ref, procs, timeout_s=timeout_s)
 
 
 def candle_records(settings: Settings) -> list[dict[str, Any]]:
