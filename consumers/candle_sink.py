@@ -14,9 +14,9 @@ come.
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import itemgetter
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 import schemas
 from consumers.runtime import Decoded, NotJson, Rejected, SinkRuntime, SinkSpec, SinkStats
@@ -34,145 +34,55 @@ TYPES = ("text", "text", "int8", "float8", "float8", "float8", "float8", "int8",
          "text", "bool", "int4", "int8")
 INT8_MAX = 2**63 - 1
 INT4_MAX = 2**31 - 1
+Positive = Annotated[float, msgspec.Meta(gt=0)]
 
-_ALL = itemgetter(*WRITE_COLUMNS)
-_UNVERSIONED = itemgetter(*COLUMNS)
-_V = itemgetter("v")
-_NO_VERSION = (None, None)
+
+class CandleRecord(msgspec.Struct, gc=False):
+    """schemas/candle.v1.json as a msgspec type, for the runtime's fast path: a message
+    of candles that decodes into it is valid by the schema too (the schema stays the
+    authority: what this refuses is checked against it, candle by candle)."""
+
+    v: Literal[1]
+    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    timeframe: Annotated[str, msgspec.Meta(pattern="^[1-9][0-9]{0,3}[mhd]$")]
+    ts_utc: Annotated[int, msgspec.Meta(ge=0)]
+    open: Positive
+    high: Positive
+    low: Positive
+    close: Positive
+    tick_volume: Annotated[int, msgspec.Meta(ge=1)]
+    volume: Annotated[float, msgspec.Meta(ge=0)]
+    complete: bool
+    provider_source: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    src_partition: Annotated[int, msgspec.Meta(ge=0, le=INT4_MAX)] | None = None
+    src_offset: Annotated[int, msgspec.Meta(ge=0, le=INT8_MAX)] | None = None
 
 
 def decode_candles(values: list[Any]) -> Decoded:
-    """Rows for a batch: frames are turned into tuples at C speed, then every column
-    of the whole batch is checked at once; only a batch with something unusual in
-    it is checked candle by candle, against the schema."""
+    """Rows of messages the fast path did not take, each candle checked against the
+    schema, so a bad one is reported with the schema's own message."""
     out = Decoded()
-    rows, origins = out.rows, out.origins
-    candles: list[Any] = []
-    slow: list[tuple[int, Any]] = []
     for m, value in enumerate(values):
-        frame = value if type(value) is list else None
-        items = frame if frame is not None else [value]
-        try:
-            if type(items[0]) is dict and "src_offset" in items[0]:
-                got = list(map(_ALL, items))
-            else:  # an older worker's candles: no version
-                got = [g + _NO_VERSION for g in map(_UNVERSIONED, items)]
-        except (KeyError, TypeError, IndexError):
-            slow.append((m, value))
+        if isinstance(value, NotJson):
+            out.rejected.append(Rejected(m, None, value.error, None))
             continue
-        rows += got
-        candles += items
-        if frame is None:
-            origins.append((m, None))
-        else:
-            origins += zip(repeat(m, len(items)), range(len(items)), strict=False)
-    if rows and not _columns_valid(rows, candles):
-        checked = Decoded()
-        for row, candle, (m, index) in zip(rows, candles, origins, strict=True):
+        frame = isinstance(value, list)
+        for index, candle in enumerate(value if frame else (value,)):
+            where = index if frame else None
             try:
                 validate_candle(candle)
             except schemas.SchemaError as exc:
-                checked.rejected.append(Rejected(m, index, str(exc), candle))
+                out.rejected.append(Rejected(m, where, str(exc), candle))
                 continue
-            checked.rows.append(row)
-            checked.origins.append((m, index))
-        out = checked
-    for m, value in slow:
-        _decode_slowly(m, value, out)
+            out.rows.append(tuple(candle.get(c) for c in WRITE_COLUMNS))
+            out.origins.append((m, where))
     return out
 
 
-def _decode_slowly(m: int, value: Any, out: Decoded) -> None:
-    if isinstance(value, NotJson):
-        out.rejected.append(Rejected(m, None, value.error, None))
-        return
-    frame = isinstance(value, list)
-    for index, candle in enumerate(value if frame else (value,)):
-        where = index if frame else None
-        try:
-            validate_candle(candle)
-        except schemas.SchemaError as exc:
-            out.rejected.append(Rejected(m, where, str(exc), candle))
-            continue
-        out.rows.append(tuple(candle.get(c) for c in WRITE_COLUMNS))
-        out.origins.append((m, where))
-
-
-def _columns_valid(rows: list[tuple[Any, ...]], candles: list[Any]) -> bool:
-    """What schemas/candle.v1.json requires, checked a whole column at a time.
-
-    Columns are read through itemgetters rather than transposed with zip(*rows), which
-    allocates an iterator per row (and with them, garbage collections)."""
-    try:
-        if set(map(_V, candles)) != {1}:
-            return False
-        (symbol, timeframe, ts, o, h, lo, c, ticks, volume, source, complete, src_p,
-         src_o) = _COLUMN
-        if not all(type(s) is str and 0 < len(s) <= 32 for s in set(map(symbol, rows))):
-            return False
-        if not set(map(timeframe, rows)) <= _KNOWN_TIMEFRAMES:
-            return False
-        for get, low in ((ts, 0), (ticks, 1)):
-            col = list(map(get, rows))
-            if set(map(type, col)) != {int} or min(col) < low:
-                return False
-        for get in (o, h, lo, c):
-            col = list(map(get, rows))
-            if set(map(type, col)) != {float} or min(col) <= 0:
-                return False
-        col = list(map(volume, rows))
-        if not set(map(type, col)) <= {float, int} or min(col) < 0:
-            return False
-        if set(map(type, map(complete, rows))) != {bool}:
-            return False
-        if not all(s is None or (type(s) is str and len(s) <= 64)
-                   for s in set(map(source, rows))):
-            return False
-        for get, top in ((src_p, INT4_MAX), (src_o, INT8_MAX)):
-            col = list(map(get, rows))
-            types = set(map(type, col))
-            if types != {int}:
-                if not types <= {int, type(None)}:
-                    return False
-                col = [v for v in col if v is not None]
-            if col and (min(col) < 0 or max(col) > top):
-                return False
-        return True
-    except (TypeError, KeyError):  # an unhashable or unorderable value, no "v": one by one
-        return False
-
-
-_COLUMN = tuple(itemgetter(i) for i in range(len(WRITE_COLUMNS)))
-
-_CANDLE_KEYS = ("symbol", "timeframe", "ts_utc", "open", "high", "low", "close", "tick_volume",
-                "volume", "complete")
-
-
 def validate_candle(candle: Any) -> None:
-    """schemas/candle.v1.json, with a fast path for what the worker writes.
-
-    The full validator runs only when the cheap structural check finds something
-    unusual, so a bad candle is always reported with the schema's own message."""
-    if (type(candle) is dict and candle.get("v") == 1 and all(k in candle for k in _CANDLE_KEYS)
-            and type(candle["ts_utc"]) is int and type(candle["tick_volume"]) is int
-            and candle["tick_volume"] >= 1 and type(candle["complete"]) is bool
-            and type(candle["symbol"]) is str and type(candle["timeframe"]) is str
-            and all(type(candle[k]) is float and candle[k] > 0
-                    for k in ("open", "high", "low", "close"))
-            and type(candle["volume"]) in (float, int) and candle["volume"] >= 0
-            and candle["timeframe"] in _KNOWN_TIMEFRAMES
-            and 0 < len(candle["symbol"]) <= 32 and candle["ts_utc"] >= 0
-            and _version_ok(candle.get("src_partition"), INT4_MAX)
-            and _version_ok(candle.get("src_offset"), INT8_MAX)):
-        return
+    """schemas/candle.v1.json; raises schemas.SchemaError with the schema's message."""
     schemas.validate("candle", candle)
 
-
-def _version_ok(value: Any, top: int) -> bool:
-    return value is None or (type(value) is int and 0 <= value <= top)
-
-
-_KNOWN_TIMEFRAMES = frozenset(f"{n}{u}" for u in "mhd" for n in range(1, 1000))
 
 CANDLES = SinkSpec(
     name="candle",
@@ -184,6 +94,7 @@ CANDLES = SinkSpec(
     version=VERSION,
     decode=decode_candles,
     invalid_reason="invalid_candle",
+    record=CandleRecord,
 )
 
 

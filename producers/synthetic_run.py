@@ -60,6 +60,25 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
     return report
 
 
+def publish_ticks(settings: Settings, ticks: list[dict[str, Any]], frame_size: int | None = None
+                  ) -> SyntheticReport:
+    """Publish ticks made beforehand, as fast as the producer goes, and wait until Kafka
+    has them: what a benchmark times when generating the ticks is not its subject."""
+    publisher = TickPublisher(settings, frame_size=frame_size)
+    report = SyntheticReport()
+    wall_start = time.monotonic()
+    publish = publisher.publish
+    for n, tick in enumerate(ticks, 1):
+        publish(tick["symbol"], tick)
+        if n % 2048 == 0:
+            publisher.tick()
+    publisher.flush()
+    report.ticks = len(ticks)
+    report.messages = publisher.sent_messages
+    report.seconds = time.monotonic() - wall_start
+    return report
+
+
 def _stream(generator: SyntheticTicks, count: int | None, duration_s: float | None
             ) -> Iterator[dict[str, Any]]:
     """The generator's ticks; with neither count nor duration, without end."""
