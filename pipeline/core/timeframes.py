@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_UNITS_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_FORM = re.compile(r"^([1-9][0-9]{0,3})([mhd])$")
+_UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_FORM = re.compile(r"^([1-9][0-9]{0,3})([smhd])$")
 DAY_MS = 86_400_000
 
 
@@ -27,10 +27,13 @@ class Timeframe:
 
 
 def parse_timeframe(name: str) -> Timeframe:
-    """'1m', '5m', '4h', '1d' ... ; raises ValueError naming the bad value."""
+    """'1s', '1m', '5m', '4h', '1d' ... ; raises ValueError naming the bad value.
+
+    Seconds serve the DOM metric bars; candle timeframes start at a minute
+    (pipeline.settings refuses shorter ones)."""
     match = _FORM.match(str(name).strip())
     if not match:
-        raise ValueError(f"timeframe {name!r} is not of the form <N>m, <N>h or <N>d")
+        raise ValueError(f"timeframe {name!r} is not of the form <N>s, <N>m, <N>h or <N>d")
     count, unit = int(match.group(1)), match.group(2)
     ms = count * _UNITS_MS[unit]
     if ms > 7 * DAY_MS:
