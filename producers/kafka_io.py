@@ -49,9 +49,10 @@ class TickPublisher:
     """
 
     def __init__(self, settings: Settings, frame_size: int | None = None,
-                 linger_ms: int | None = None, producer: Producer | None = None) -> None:
+                 linger_ms: int | None = None, producer: Producer | None = None,
+                 topic: str | None = None) -> None:
         self.settings = settings
-        self.topic = settings.topics.ticks
+        self.topic = topic or settings.topics.ticks  # DOM snapshots go out framed the same way
         self.frame_size = frame_size or settings.frame_size
         self.linger_ms = settings.frame_linger_ms if linger_ms is None else linger_ms
         self.coalescer = FrameCoalescer(self.frame_size, self.linger_ms)
