@@ -1,9 +1,13 @@
-"""The candle agent: tick frames in, OHLC bars out (pipeline.core.candles on the runtime)."""
+"""The candle agent: tick frames in, OHLC bars out (pipeline.core.candles on the runtime).
+
+With FXSTREAM_SENTIMENT_ORDERFLOW on, it also sends each complete minute's order flow
+as a positioning observation to the sentiment topic (pipeline.core.orderflow)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.core import orderflow
 from pipeline.core.candles import CandleConfig, all_bars, closed_by_clock, fold, upgrade_state
 from pipeline.runtime.declaration import AgentSpec, FoldOutcome, Reject
 from pipeline.settings import Settings
@@ -15,6 +19,7 @@ def candle_config(settings: Settings) -> CandleConfig:
         close_grace_ms=settings.close_grace_ms, day_start_ms=settings.day_start_minutes * 60_000,
         known_symbols=frozenset(settings.symbols),
         future_tolerance_ms=settings.future_tolerance_ms,
+        orderflow=settings.sentiment_orderflow,
     )
 
 
@@ -38,4 +43,5 @@ def candle_agent(settings: Settings) -> AgentSpec:
 
     return AgentSpec(name="candle", source="ticks", output="candles", table="candle-state",
                      fold=fold_message, clock=clock, resend=resend,
-                     known_keys=frozenset(settings.symbols), item_noun="ticks")
+                     known_keys=frozenset(settings.symbols), item_noun="ticks",
+                     also=(orderflow.TOPIC,) if config.orderflow else ())

@@ -27,6 +27,9 @@ Semantics:
   ``close_grace_ms`` once the clock is past their end plus the same grace.
 - Messages at or below the last applied offset are skipped, so a replay after a
   crash does not count anything twice.
+- With ``orderflow`` on, the fold also counts up- and down-ticks per minute and
+  sends each complete minute as a positioning observation of provider
+  ``orderflow`` (pipeline.core.orderflow), to the sentiment topic.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
+from pipeline.core import orderflow
 from pipeline.core.ticks import (
     DEFAULT_FUTURE_TOLERANCE_MS,
     MAX_PRICE,
@@ -62,6 +66,7 @@ class CandleConfig:
     day_start_ms: int = 0
     known_symbols: frozenset[str] | None = None  # None: accept every valid symbol
     future_tolerance_ms: int = DEFAULT_FUTURE_TOLERANCE_MS  # how far ahead of the clock
+    orderflow: bool = False  # count up/down ticks per minute (pipeline.core.orderflow)
     bucket_ms: int = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -162,6 +167,13 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     part: list[Any] | None = None
     part_bucket = None
 
+    flow: dict[int, list[int]] | None = {} if config.orderflow else None
+    prev_price = None
+    if prev is not None:
+        pbid, pask = prev[1], prev[2]
+        prev_price = (pbid + pask) / 2 if pbid is not None and pask is not None else (
+            pbid if pbid is not None else pask)
+
     symbol_known = known is None or symbol in known
     for index, raw in enumerate(ticks):
         # Fast path for the common, unremarkable tick: a dict with the canonical symbol,
@@ -217,6 +229,14 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
             provider = tick_provider
         price = (bid + ask) / 2 if bid is not None and ask is not None else (
             bid if bid is not None else ask)
+        if flow is not None:  # up- and down-ticks per minute (pipeline.core.orderflow)
+            if prev_price is not None and price != prev_price:
+                minute = ts - ts % 60_000
+                up_down = flow.get(minute)
+                if up_down is None:
+                    up_down = flow[minute] = [0, 0]
+                up_down[price < prev_price] += 1
+            prev_price = price
         bucket = ts - ts % bucket_ms
         if bucket != part_bucket or part is None:
             part = [bucket, price, price, price, price, 1, vol + 0.0, ts, ts]  # -0.0 -> 0.0
@@ -262,6 +282,9 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
         new_bars[tf.name] = _emit_and_evict(bars, dirty, tf, max_ts, config, symbol, provider,
                                             candles)
     new["bars"] = new_bars
+    if flow is not None:
+        new["flow"] = orderflow.merge_and_emit(state.get("flow", []), flow, max_ts, lateness,
+                                               symbol, candles)
     return FoldResult(new, candles, rejected, accepted=accepted, duplicates=duplicates)
 
 
@@ -338,6 +361,9 @@ def closed_by_clock(state: dict[str, Any], now_ms: int, config: CandleConfig,
             end = bar[START] + tf.ms
             if not bar[DONE] and end + grace <= now_ms and (max_ts is None or end > max_ts):
                 out.append(candle_record(state["symbol"], tf.name, bar, True, state["provider"]))
+    if config.orderflow:
+        out.extend(orderflow.closed_by_clock(state["symbol"], state.get("flow", []), max_ts,
+                                             now_ms, grace))
     return out
 
 
@@ -355,4 +381,6 @@ def all_bars(state: dict[str, Any], now_ms: int, config: CandleConfig) -> list[d
             end = bar[START] + tf.ms
             complete = bool(bar[DONE]) or (max_ts is not None and end <= max_ts)
             out.append(candle_record(state["symbol"], tf.name, bar, complete, state["provider"]))
+    if config.orderflow:
+        out.extend(orderflow.complete(state["symbol"], state.get("flow", []), max_ts))
     return out
