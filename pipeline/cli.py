@@ -20,7 +20,8 @@ stack_app = typer.Typer(help="The embedded stack: a real Kafka broker and Postgr
                         no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 db_app = typer.Typer(help="PostgreSQL schema.", no_args_is_help=True)
-produce_app = typer.Typer(help="Publish ticks to the raw tick topic.", no_args_is_help=True)
+produce_app = typer.Typer(help="Publish ticks, book snapshots or positioning to the raw topics.",
+                          no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
@@ -248,6 +249,216 @@ def produce_synthetic(
                   f"{report.seconds:.1f} s ({report.ticks / max(report.seconds, 1e-9):,.0f}/s)")
 
 
+@produce_app.command("dom-replay")
+def produce_dom_replay(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="book snapshots, one JSON object per line")],
+    speed: Annotated[str, typer.Option(help="max, realtime or <N>x")] = "max",
+    frame_size: Annotated[int | None, typer.Option(min=1, help="snapshots per message")] = None,
+) -> None:
+    """Publish recorded book snapshots (JSON lines) in file order, framed per symbol."""
+    from producers.dom_replay import replay_dom
+    from producers.replay import parse_speed
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        factor = parse_speed(speed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--speed") from None
+    _ensure_topics(settings)
+    report = replay_dom(settings, file, speed=factor, frame_size=frame_size)
+    console.print(f"replayed {report.snapshots} snapshots in {report.messages} messages from "
+                  f"{report.lines} lines in {report.seconds:.1f} s; {report.rejected} rejected "
+                  f"to {settings.topics.dead_letter}")
+
+
+@produce_app.command("dom-synthetic")
+def produce_dom_synthetic(
+    ctx: typer.Context,
+    symbols: Annotated[str, typer.Option(help="comma-separated; default: the settings' list")] = "",
+    rate: Annotated[float, typer.Option(min=0.001, help="snapshots per second, all symbols")
+                    ] = 200,
+    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until interrupted")] = 60,
+    count: Annotated[int | None, typer.Option(min=1, help="stop after this many")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same books (and the ticks' path)")] = 0,
+    levels: Annotated[int, typer.Option(min=1, help="most levels per side")] = 10,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="do not pace to --rate")] = False,
+    frame_size: Annotated[int | None, typer.Option(min=1, help="snapshots per message")] = None,
+) -> None:
+    """Publish generated books whose best bid and ask follow the synthetic ticks' path."""
+    from pipeline.symbols import SymbolError, normalize_symbol
+    from producers.synthetic_book import run_synthetic_books
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        names = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] or list(
+            settings.symbols)
+    except SymbolError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--symbols") from None
+    _ensure_topics(settings)
+    report = run_synthetic_books(settings, names, rate=rate, duration_s=duration or None,
+                                 count=count, seed=seed, paced=not max_speed,
+                                 frame_size=frame_size, live_time=not max_speed, levels=levels)
+    console.print(f"published {report.snapshots} snapshots in {report.messages} messages in "
+                  f"{report.seconds:.1f} s")
+
+
+@produce_app.command("sentiment-replay")
+def produce_sentiment_replay(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=(
+        "positioning CSV: symbol,ts_ms,provider,long_pct,short_pct,total_traders,confidence"))],
+    speed: Annotated[str, typer.Option(help="max, realtime or <N>x")] = "max",
+    frame_size: Annotated[int | None, typer.Option(min=1, help="observations per message")
+                          ] = None,
+) -> None:
+    """Publish recorded positioning observations (CSV) in file order, framed per symbol."""
+    from producers.replay import parse_speed
+    from producers.sentiment_replay import CsvHeaderError, replay_sentiment
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        factor = parse_speed(speed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--speed") from None
+    _ensure_topics(settings)
+    try:
+        report = replay_sentiment(settings, file, speed=factor, frame_size=frame_size)
+    except CsvHeaderError as exc:
+        err_console.print(f"[red]fxstream:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"replayed {report.observations} observations in {report.messages} "
+                  f"messages from {report.lines} lines in {report.seconds:.1f} s; "
+                  f"{report.rejected} rejected to {settings.topics.dead_letter}")
+
+
+@produce_app.command("sentiment-synthetic")
+def produce_sentiment_synthetic(
+    ctx: typer.Context,
+    symbols: Annotated[str, typer.Option(help="comma-separated; default: the settings' list")] = "",
+    interval: Annotated[float, typer.Option(min=0.001, help="seconds between a provider's "
+                                                            "observations of a symbol")] = 30,
+    providers: Annotated[str, typer.Option(help="comma-separated provider names")] = "synthetic",
+    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until interrupted")] = 0,
+    count: Annotated[int | None, typer.Option(min=1, help="stop after this many")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same feed")] = 0,
+    max_speed: Annotated[bool, typer.Option("--max-speed", help="do not pace to event time")
+                         ] = False,
+) -> None:
+    """Publish a generated positioning feed (mean-reverting long_pct with crowding episodes)."""
+    from pipeline.core.ticks import valid_provider
+    from pipeline.symbols import SymbolError, normalize_symbol
+    from producers.synthetic_sentiment import run_synthetic_sentiment
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        names = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] or list(
+            settings.symbols)
+    except SymbolError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--symbols") from None
+    provider_names = [p.strip() for p in providers.split(",") if p.strip()]
+    if not provider_names or not all(valid_provider(p) for p in provider_names):
+        raise typer.BadParameter(f"{providers!r}: 1 to 64 characters each, no control "
+                                 "characters", param_hint="--providers")
+    _ensure_topics(settings)
+    report = run_synthetic_sentiment(settings, names, interval_s=interval,
+                                     duration_s=duration or None, count=count, seed=seed,
+                                     paced=not max_speed, live_time=not max_speed,
+                                     providers=provider_names)
+    console.print(f"published {report.observations} observations in {report.messages} "
+                  f"messages in {report.seconds:.1f} s")
+
+
+@produce_app.command("ctrader")
+def produce_ctrader(
+    ctx: typer.Context,
+    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until interrupted")] = 0,
+) -> None:
+    """Stream spots (ticks) and depth (DOM snapshots) from the cTrader Open API.
+
+    Credentials: CTRADER_CLIENT_ID, CTRADER_CLIENT_SECRET, CTRADER_ACCESS_TOKEN and
+    CTRADER_REFRESH_TOKEN in the environment, or FXSTREAM_CTRADER_SECRETS_FILE."""
+    from producers.ctrader.credentials import CredentialsError, load_credentials
+    from producers.ctrader.run import CtraderFatal, run_ctrader
+    from producers.kafka_io import DeliveryError
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        credentials = load_credentials(settings.ctrader_secrets_file)
+    except CredentialsError as exc:
+        err_console.print(f"[red]fxstream:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    _ensure_topics(settings)
+    try:
+        report = run_ctrader(settings, credentials, duration_s=duration or None)
+    except (CtraderFatal, DeliveryError) as exc:
+        err_console.print(f"[red]fxstream:[/red] {credentials.scrub(str(exc))}",
+                          highlight=False)
+        raise typer.Exit(3) from None
+    console.print(f"published {report.ticks} ticks and {report.snapshots} DOM snapshots in "
+                  f"{report.seconds:.1f} s over {report.connections} connections "
+                  f"({report.refreshes} token refreshes)")
+
+
+@app.command("ctrader-sim")
+def ctrader_sim(
+    ctx: typer.Context,
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="certificate, credentials.env, endpoint.env, sent.csv; "
+                      "default <state dir>/ctrader-sim")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 = any free port")] = 5035,
+    symbols: Annotated[str, typer.Option(help="streamed symbols; default: the settings'")] = "",
+    rate: Annotated[float, typer.Option(min=0.001, help="ticks per second, all symbols")] = 200,
+    seed: Annotated[int, typer.Option(help="same seed, same ticks")] = 0,
+    historic: Annotated[bool, typer.Option(
+        "--historic", help="event time from 2024-01-08 instead of the wall clock")] = False,
+    count: Annotated[int | None, typer.Option(min=1, help="stop streaming after N ticks")] = None,
+    token_ttl: Annotated[float, typer.Option(min=0.1, help="access token lifetime, s")] = 3600,
+    depth: Annotated[bool, typer.Option(help="stream depth quotes")] = True,
+    drop_after: Annotated[list[int] | None, typer.Option(
+        help="close every connection after N spot events in all (repeatable)")] = None,
+    slow_accepts: Annotated[int, typer.Option(min=0, help="first N connections wait "
+                                              "--accept-delay before the handshake")] = 0,
+    accept_delay: Annotated[float, typer.Option(min=0, help="seconds")] = 0,
+    fail: Annotated[list[str] | None, typer.Option(
+        help="MESSAGE=CODE[:N]: answer the first N (1) such requests with that error "
+             "code (repeatable)")] = None,
+    max_requests_per_s: Annotated[int, typer.Option(min=1)] = 50,
+) -> None:
+    """A local cTrader Open API server (TLS, auth with expiring tokens, symbols, spots,
+    depth, history) driven by the synthetic generator. SIGUSR1 drops every connection."""
+    from pipeline.symbols import SymbolError, normalize_symbol
+    from simulators.ctrader.server import SimConfig, run_simulator
+
+    settings = settings_of(ctx)
+    setup_logging(settings)
+    try:
+        names = tuple(normalize_symbol(s) for s in symbols.split(",") if s.strip()) or tuple(
+            settings.symbols)
+    except SymbolError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--symbols") from None
+    failures: dict[str, tuple[str, int]] = {}
+    for item in fail or []:
+        name, _, rest = item.partition("=")
+        code, _, times = rest.partition(":")
+        if not name or not code or (times and not times.isdigit()):
+            raise typer.BadParameter(f"{item!r} is not MESSAGE=CODE[:N]", param_hint="--fail")
+        failures[name.strip()] = (code.strip(), int(times or 1))
+    run_simulator(SimConfig(
+        directory=(directory or settings.state_dir / "ctrader-sim").resolve(), host=host,
+        port=port, symbols=names, rate=rate, seed=seed, live_time=not historic, count=count,
+        token_ttl_s=token_ttl, depth=depth, drop_after=tuple(drop_after or ()),
+        slow_accepts=slow_accepts, accept_delay_s=accept_delay, fail=failures,
+        max_requests_per_s=max_requests_per_s))
+
+
 def _ensure_topics(settings: Settings) -> None:
     from pipeline.topics import create_topics
 
@@ -268,14 +479,26 @@ def worker(ctx: typer.Context) -> None:
 
 
 @app.command("sink")
-def sink(ctx: typer.Context) -> None:
-    """Run the PostgreSQL sink for candles. Scale out by starting more."""
-    from consumers.candle_sink import run_sink
+def sink(
+    ctx: typer.Context,
+    table: Annotated[str, typer.Option(
+        help="comma-separated tables to write: market_data_candles, dom_metrics, "
+             "market_depth, sentiment_metrics, sentiment_data, or all")
+    ] = "market_data_candles",
+) -> None:
+    """Run the PostgreSQL sinks of the chosen tables (candles by default), several on
+    threads of one process. Scale out by starting more."""
+    from consumers.sinks import parse_tables, run_sinks
 
+    try:
+        tables = parse_tables(table)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--table") from None
     settings = settings_of(ctx).require_connections()
     setup_logging(settings)
-    stats = run_sink(settings)
-    console.print(f"sink stopped: {stats.rows} rows in {stats.batches} batches")
+    for name, stats in run_sinks(settings, tables).items():
+        prefix = "sink" if len(tables) == 1 else f"{name} sink"
+        console.print(f"{prefix} stopped: {stats.rows} rows in {stats.batches} batches")
 
 
 @app.command("status")
@@ -298,14 +521,15 @@ def status(ctx: typer.Context) -> None:
         procs.add_row(rec.get("service", "?"), str(rec.get("pid", "")), rec["state"],
                       rec.get("waiting_for", ""), since, str(rec.get("error", ""))[:80])
     console.print(procs)
-    for group, topic in ((settings.worker_group, settings.topics.ticks),
-                         (settings.sink_group, settings.topics.candles)):
+    for group, topic, always in _status_groups(settings):
         try:
             lags = group_lag(settings, group, topic)
         except KafkaException as exc:
             err_console.print(f"[red]Kafka at {settings.kafka_bootstrap} did not answer:[/red] "
                               f"{exc.args[0]}", highlight=False)
             break
+        if not always and not any(row.committed for row in lags):
+            continue  # a stream nothing has consumed yet (e.g. no DOM producer runs)
         table = Table(title=f"group {group} on {topic}")
         for col in ("partition", "committed", "end", "lag"):
             table.add_column(col, justify="right")
@@ -328,6 +552,21 @@ def status(ctx: typer.Context) -> None:
     console.print(bars)
 
 
+def _status_groups(settings: Settings) -> list[tuple[str, str, bool]]:
+    """(group, topic, shown even before it commits): the worker group on each source
+    topic, and each table's sink group on its topic."""
+    from consumers.sinks import SINKS, sink_settings
+
+    topics = settings.topics
+    out = [(settings.worker_group, topics.ticks, True),
+           (settings.worker_group, topics.dom, False),
+           (settings.worker_group, topics.sentiment, False)]
+    for table, (sink_spec, _) in SINKS.items():
+        out.append((sink_settings(table, settings).sink_group,
+                    getattr(settings.topics, sink_spec.topic), table == "market_data_candles"))
+    return out
+
+
 @app.command("bench")
 def bench(
     ctx: typer.Context,
@@ -337,7 +576,7 @@ def bench(
     seed: Annotated[int, typer.Option(help="generator seed")] = 1,
     skip: Annotated[str, typer.Option(
         help="comma-separated steps to leave out: core (produce, bare consumer, agent, sink, "
-             "end to end), latency, quix, oldstyle, scale, failover")] = "",
+             "end to end), dom, latency, quix, oldstyle, scale, failover, sentiment")] = "",
     only: Annotated[str, typer.Option(
         help="comma-separated steps to run, the others left out (same names as --skip)")] = "",
     latency_runs: Annotated[int, typer.Option(min=1, help="latency runs, each on fresh "
@@ -403,14 +642,21 @@ def demo(
     rate: Annotated[float, typer.Option(min=1, help="synthetic ticks per second")] = 2000,
     symbols: Annotated[int, typer.Option(min=1, max=30, help="how many symbols")] = 8,
     duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until Ctrl-C")] = 0,
+    source: Annotated[str, typer.Option(
+        help="synthetic, or ctrader-sim: the cTrader producer reading the local simulator")
+    ] = "synthetic",
 ) -> None:
     """The main job on the embedded stack: synthetic ticks -> worker -> sink -> PostgreSQL,
     with a live view of forming and closed bars, until interrupted."""
     from pipeline.demo import run_demo
 
+    if source not in ("synthetic", "ctrader-sim"):
+        raise typer.BadParameter(f"{source!r} is not synthetic or ctrader-sim",
+                                 param_hint="--source")
     stack_up(ctx)
     settings = settings_of(ctx).require_connections()
-    run_demo(settings, rate=rate, symbol_count=symbols, console=console, duration_s=duration)
+    run_demo(settings, rate=rate, symbol_count=symbols, console=console, duration_s=duration,
+             source=source)
 
 
 def main() -> None:

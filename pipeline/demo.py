@@ -22,20 +22,23 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from pipeline.demo_dom import newest_dom, start_books
+from pipeline.demo_sentiment import newest_sentiment, start_positioning
 from pipeline.monitor import total_lag
 from pipeline.settings import Settings
 
 
-def _spawn(settings: Settings, command: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _spawn(settings: Settings, command: str, log_dir: Path, *args: str, name: str | None = None
+           ) -> tuple[subprocess.Popen[bytes], Path]:
     log_dir.mkdir(parents=True, exist_ok=True)
     config = log_dir / "demo-settings.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json",
                                                          exclude={"external_stack"})))
-    log = log_dir / f"{command}.log"
+    log = log_dir / f"{name or command}.log"
     exe = Path(sys.executable).with_name("fxstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
     with open(log, "ab") as handle:
-        proc = subprocess.Popen([*cmd, "--config", str(config), command], stdout=handle,
+        proc = subprocess.Popen([*cmd, "--config", str(config), command, *args], stdout=handle,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 
@@ -61,11 +64,17 @@ def _bars(settings: Settings, symbols: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _view(settings: Settings, symbols: list[str], produced: int, started: float,
-          lag: tuple[int | str, int | str]) -> Group:
+          lag: tuple[int | str, int | str], sentiment: dict[str, str] | None = None,
+          dom: dict[str, tuple[str, str, str]] | None = None) -> Group:
     table = Table(title="fxstream: 1m bars per symbol, read back from PostgreSQL")
     for col in ("symbol", "forming bar (UTC)", "O", "H", "L", "C", "ticks", "last closed bar",
                 "C", "ticks"):
         table.add_column(col, justify="right" if col not in ("symbol",) else "left")
+    if dom is not None:
+        for col in ("spread", "imbalance", "microprice"):
+            table.add_column(col, justify="right")
+    if sentiment is not None:
+        table.add_column("sentiment: long % (5 min mean) per provider")
     for symbol, bars in _bars(settings, symbols).items():
         forming, closed = bars.get("forming"), bars.get("closed")
         row = [symbol]
@@ -78,6 +87,10 @@ def _view(settings: Settings, symbols: list[str], produced: int, started: float,
             row += [_hhmm(closed["ts_utc"]), f"{closed['close']:.5g}", str(closed["tick_volume"])]
         else:
             row += ["-"] * 3
+        if dom is not None:
+            row += dom.get(symbol, ("-", "-", "-"))
+        if sentiment is not None:
+            row.append(sentiment.get(symbol, "-"))
         table.add_row(*row)
     elapsed = time.monotonic() - started
     footer = Table.grid(padding=(0, 3))
@@ -92,8 +105,11 @@ def _hhmm(ts_ms: int) -> str:
 
 
 def run_demo(settings: Settings, rate: float, symbol_count: int, console: Console,
-             duration_s: float = 0.0) -> int:
-    """Run until interrupted (or for duration_s); returns the number of ticks produced."""
+             duration_s: float = 0.0, source: str = "synthetic") -> int:
+    """Run until interrupted (or for duration_s); returns the number of ticks produced.
+
+    source: ``synthetic`` (the generator in this process) or ``ctrader-sim`` (the cTrader
+    producer reading the local simulator, which the same generator drives)."""
     from pipeline.db.migrate import migrate
     from producers.synthetic_run import run_synthetic
 
@@ -102,25 +118,51 @@ def run_demo(settings: Settings, rate: float, symbol_count: int, console: Consol
     log_dir = settings.state_dir / "logs"
     worker, worker_log = _spawn(settings, "worker", log_dir)
     sink, sink_log = _spawn(settings, "sink", log_dir)
-    console.print(f"worker log: {worker_log}\nsink log: {sink_log}")
+    dom_sink, dom_log = _spawn(settings, "sink", log_dir, "--table", "dom_metrics,market_depth",
+                               name="dom-sink")
+    sentiment_sink, sentiment_log = _spawn(settings, "sink", log_dir, "--table",
+                                           "sentiment_metrics,sentiment_data",
+                                           name="sentiment-sink")
+    console.print(f"worker log: {worker_log}\nsink log: {sink_log}\n"
+                  f"sentiment sink log: {sentiment_log}")
+
+    sim = None
+    if source == "ctrader-sim":
+        from simulators.ctrader.launch import start_simulator
+
+        sim, sim_settings, sim_log = start_simulator(settings, symbols, rate, log_dir)
+        console.print(f"cTrader simulator log: {sim_log}")
 
     stop = threading.Event()
     produced = [0]
 
     def produce() -> None:
+        if sim is not None:
+            from producers.ctrader.credentials import load_credentials
+            from producers.ctrader.run import run_ctrader
+
+            run_ctrader(sim_settings, load_credentials(sim_settings.ctrader_secrets_file, {}),
+                        should_stop=stop.is_set, on_progress=lambda r: produced.__setitem__(
+                            0, r.ticks))
+            return
         run_synthetic(settings, symbols, rate=rate, duration_s=None, paced=True,
                       live_time=True, should_stop=stop.is_set,
                       on_progress=lambda n: produced.__setitem__(0, n))
 
     thread = threading.Thread(target=produce, name="synthetic-producer", daemon=True)
     thread.start()
+    positioning = start_positioning(settings, symbols, stop.is_set)
+    # the cTrader producer publishes the simulator's depth itself
+    books = start_books(settings, symbols, rate, 0, stop.is_set) if sim is None else None
     started = time.monotonic()
     interrupted = False
     try:
         with Live(console=console, refresh_per_second=2, screen=False) as live:
             while not duration_s or time.monotonic() - started < duration_s:
                 for name, proc, log in (("worker", worker, worker_log),
-                                        ("sink", sink, sink_log)):
+                                        ("sink", sink, sink_log),
+                                        ("DOM sink", dom_sink, dom_log),
+                                        ("sentiment sink", sentiment_sink, sentiment_log)):
                     if proc.poll() is not None:
                         raise RuntimeError(f"the {name} exited ({proc.returncode}); see {log}")
                 try:
@@ -129,22 +171,33 @@ def run_demo(settings: Settings, rate: float, symbol_count: int, console: Consol
                         total_lag(settings, settings.sink_group, settings.topics.candles))
                 except Exception:
                     lag = ("?", "?")
-                live.update(_view(settings, symbols, produced[0], started, lag))
+                live.update(_view(settings, symbols, produced[0], started, lag,
+                                  newest_sentiment(settings, symbols),
+                                  newest_dom(settings, symbols)))
                 time.sleep(1.0)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         stop.set()
         thread.join(30)
-        for proc in (worker, sink):
+        positioning.join(30)
+        if books is not None:
+            books.join(30)
+        if sim is not None:
+            os.killpg(sim.pid, signal.SIGTERM)
+            sim.wait(30)
+        for proc in (worker, sink, dom_sink, sentiment_sink):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (worker, sink):
+        for proc in (worker, sink, dom_sink, sentiment_sink):
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         console.print(f"stopped{' on Ctrl-C' if interrupted else ''}: worker and sink shut "
-                      "down cleanly" if worker.returncode == 0 and sink.returncode == 0 else
-                      f"stopped: worker exit {worker.returncode}, sink exit {sink.returncode}")
+                      "down cleanly" if worker.returncode == 0 and sink.returncode == 0
+                      and dom_sink.returncode == 0 and sentiment_sink.returncode == 0 else
+                      f"stopped: worker exit {worker.returncode}, sink exit {sink.returncode}, "
+                      f"DOM sink exit {dom_sink.returncode}, "
+                      f"sentiment sink exit {sentiment_sink.returncode}")
     return produced[0]

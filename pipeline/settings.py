@@ -53,12 +53,40 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_SINK_GROUP": "sink_group",
     "FXSTREAM_SESSION_TIMEOUT_S": "session_timeout_s",
     "FXSTREAM_WORKER_FETCH_WAIT_MS": "worker_fetch_wait_ms",
+    "FXSTREAM_MAX_STATE_BYTES": "max_state_bytes",
     "FXSTREAM_KAFKA_PORT": "kafka_port",
     "FXSTREAM_POSTGRES_PORT": "postgres_port",
     "FXSTREAM_LOG_LEVEL": "log_level",
+    "FXSTREAM_CTRADER_ENVIRONMENT": "ctrader_environment",
+    "FXSTREAM_CTRADER_HOST": "ctrader_host",
+    "FXSTREAM_CTRADER_PORT": "ctrader_port",
+    "FXSTREAM_CTRADER_ACCOUNT_ID": "ctrader_account_id",
+    "FXSTREAM_CTRADER_SECRETS_FILE": "ctrader_secrets_file",
+    "FXSTREAM_CTRADER_CA_FILE": "ctrader_ca_file",
+    "FXSTREAM_CTRADER_REQUESTS_PER_S": "ctrader_requests_per_s",
+    "FXSTREAM_CTRADER_HISTORY_REQUESTS_PER_S": "ctrader_history_requests_per_s",
+    "FXSTREAM_CTRADER_HEARTBEAT_S": "ctrader_heartbeat_s",
+    "FXSTREAM_CTRADER_TIMEOUT_S": "ctrader_timeout_s",
+    "FXSTREAM_CTRADER_RECONNECT_MAX_S": "ctrader_reconnect_max_s",
+    "FXSTREAM_CTRADER_DEPTH": "ctrader_depth",
+    "FXSTREAM_CTRADER_DEPTH_LEVELS": "ctrader_depth_levels",
+    "FXSTREAM_CTRADER_DEPTH_THROTTLE_MS": "ctrader_depth_throttle_ms",
+    "FXSTREAM_DOM_TIMEFRAMES": "dom_timeframes",
+    "FXSTREAM_DOM_DEPTH_LEVELS": "dom_depth_levels",
+    "FXSTREAM_DOM_MAX_LEVELS": "dom_max_levels",
+    "FXSTREAM_DOM_SAMPLE_MS": "dom_sample_ms",
+    "FXSTREAM_DOM_LATENESS_MS": "dom_lateness_ms",
+    "FXSTREAM_SENTIMENT_LATENESS_MS": "sentiment_lateness_ms",
+    "FXSTREAM_SENTIMENT_SUM_TOLERANCE": "sentiment_sum_tolerance",
+    "FXSTREAM_SENTIMENT_CONTRARIAN_HIGH": "sentiment_contrarian_high",
+    "FXSTREAM_SENTIMENT_CONTRARIAN_LOW": "sentiment_contrarian_low",
+    "FXSTREAM_SENTIMENT_BULLISH_ABOVE": "sentiment_bullish_above",
+    "FXSTREAM_SENTIMENT_BEARISH_BELOW": "sentiment_bearish_below",
+    "FXSTREAM_SENTIMENT_ORDERFLOW": "sentiment_orderflow",
+    "FXSTREAM_SENTIMENT_ORDERBOOK": "sentiment_orderbook",
 }
 
-LIST_FIELDS = {"symbols", "timeframes"}
+LIST_FIELDS = {"symbols", "timeframes", "dom_timeframes"}
 
 
 class SettingsError(ValueError):
@@ -128,15 +156,72 @@ class Settings(BaseModel):
     sink_batch_size: int = Field(5_000, ge=1, le=1_000_000)
     sink_batch_timeout_ms: int = Field(200, ge=1, le=60_000)
 
+    # DOM metrics (pipeline.core.dom): bars of book metrics, and sampled snapshots.
+    dom_timeframes: tuple[str, ...] = ("1s", "1m")
+    dom_depth_levels: int = Field(20, ge=1, le=1_000,
+                                  description="N of bid/ask depth and depth_imbalance")
+    dom_max_levels: int = Field(100, ge=1, le=10_000,
+                                description="more levels on a side are refused")
+    dom_sample_ms: int = Field(1_000, ge=1, le=86_400_000,
+                               description="market_depth keeps the last snapshot per period")
+    # The DOM state holds every snapshot time within the lateness (for the time-weighted
+    # imbalance), so it gets a shorter default than the candles' 5 minutes: at 50
+    # snapshots/s a symbol carries about 25 KB of state with 10 s, 0.7 MB with 5 minutes,
+    # near Kafka's 1 MB record limit. None: the candles' lateness_ms.
+    dom_lateness_ms: int | None = Field(10_000, ge=0)
+
+    # Sentiment (pipeline.core.sentiment): positioning observations to metrics over time.
+    sentiment_lateness_ms: int | None = Field(None, ge=0, description="None: lateness_ms")
+    sentiment_sum_tolerance: float = Field(1.0, ge=0, le=100,
+                                           description="how far long + short may be from 100")
+    sentiment_contrarian_high: float = Field(70.0, ge=0, le=100,
+                                             description="long_pct above: contrarian signal -1")
+    sentiment_contrarian_low: float = Field(30.0, ge=0, le=100,
+                                            description="long_pct below: contrarian signal +1")
+    sentiment_bullish_above: float = Field(60.0, ge=0, le=100,
+                                           description="long_pct above: label bullish")
+    sentiment_bearish_below: float = Field(40.0, ge=0, le=100,
+                                           description="long_pct below: label bearish")
+    sentiment_orderflow: bool = Field(True, description="the candle agent sends each minute's "
+                                                        "up/down-tick share as provider orderflow")
+    sentiment_orderbook: bool = Field(True, description="the DOM agent sends each minute's "
+                                                        "bid share of top-N depth as provider "
+                                                        "orderbook")
+
     # Worker.
     store: Literal["memory", "rocksdb"] = "memory"
     worker_group: str = "fxstream-worker"
     sink_group: str = "fxstream-sink"
     session_timeout_s: float = Field(10.0, ge=3, le=300)
     # How long the broker may hold a worker's fetch when a partition has no new data;
-    # Faust's own 1.5 s can hold busy partitions back after any stall.
-    worker_fetch_wait_ms: int = Field(100, ge=1, le=5_000)
+    # Faust's own 1.5 s can hold busy partitions back after any stall, and every such
+    # hold adds to the latency of the busy ones; an idle worker then fetches 50 times/s.
+    worker_fetch_wait_ms: int = Field(20, ge=1, le=5_000)
+    # Largest state record one key may write to its changelog; a message that would make
+    # it larger is dead-lettered (state_too_large). Kafka's default record limit is 1 MB.
+    max_state_bytes: int = Field(900_000, ge=256, le=100_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # cTrader Open API producer. Credentials are not settings: they come from the
+    # environment or the secrets file named here (producers/ctrader/credentials.py).
+    ctrader_environment: Literal["demo", "live"] = "demo"
+    ctrader_host: str = Field("", description="empty: Spotware's host of the environment")
+    ctrader_port: int = Field(5035, ge=1, le=65535)
+    ctrader_account_id: int | None = Field(None, ge=1, description="ctidTraderAccountId")
+    ctrader_secrets_file: Path | None = None
+    ctrader_ca_file: Path | None = Field(None, description="extra CA to trust (the simulator)")
+    # Spotware allows 50 requests/s per connection, 5/s for historical data.
+    ctrader_requests_per_s: float = Field(45.0, gt=0, le=1000)
+    ctrader_history_requests_per_s: float = Field(4.5, gt=0, le=1000)
+    ctrader_heartbeat_s: float = Field(5.0, gt=0, le=60)  # Spotware: at least every 10 s
+    ctrader_timeout_s: float = Field(20.0, gt=0, le=600)
+    ctrader_reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    ctrader_depth: bool = True
+    ctrader_depth_levels: int = Field(10, ge=1, le=100,
+                                      description="levels per side in a published snapshot")
+    ctrader_depth_throttle_ms: int = Field(250, ge=0, le=60_000,
+                                           description="least time between two snapshots "
+                                                       "of one symbol")
 
     # True when the connections came from the environment or the YAML file, not from
     # the embedded stack's connection file: commands then start nothing themselves.
@@ -197,10 +282,35 @@ class Settings(BaseModel):
         if not names:
             raise ValueError("at least one timeframe is needed")
         for name in names:
-            parse_timeframe(name)  # raises ValueError naming the bad one
+            if parse_timeframe(name).ms < 60_000:  # raises ValueError naming a bad one
+                raise ValueError(f"candle timeframe {name!r} is shorter than a minute")
         if len(set(names)) != len(names):
             raise ValueError("timeframes repeat")
         return tuple(sorted(names, key=lambda n: parse_timeframe(n).ms))
+
+    @field_validator("dom_timeframes", mode="before")
+    @classmethod
+    def _known_dom_timeframes(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        names = [str(v) for v in value]
+        if not names:
+            raise ValueError("at least one DOM timeframe is needed")
+        for name in names:
+            parse_timeframe(name)  # raises ValueError naming the bad one
+        if len(set(names)) != len(names):
+            raise ValueError("DOM timeframes repeat")
+        return tuple(sorted(names, key=lambda n: parse_timeframe(n).ms))
+
+    @model_validator(mode="after")
+    def _sentiment_thresholds_ordered(self) -> Settings:
+        if self.sentiment_contrarian_low > self.sentiment_contrarian_high:
+            raise ValueError("sentiment_contrarian_low must not be above "
+                             "sentiment_contrarian_high")
+        if self.sentiment_bearish_below > self.sentiment_bullish_above:
+            raise ValueError("sentiment_bearish_below must not be above "
+                             "sentiment_bullish_above")
+        return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:

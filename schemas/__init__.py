@@ -18,12 +18,14 @@ import orjson
 SCHEMAS = {
     "tick": "tick.v1.json",
     "tick_frame": "tick_frame.v1.json",
-    "dom_snapshot": "dom_snapshot.v1.json",
-    "sentiment_observation": "sentiment_observation.v1.json",
+    "dom_snapshot": "dom_snapshot.v2.json",
+    "sentiment_observation": "sentiment_observation.v2.json",
     "candle": "candle.v1.json",
     "candle_frame": "candle_frame.v1.json",
-    "dom_metric": "dom_metric.v1.json",
-    "sentiment_metric": "sentiment_metric.v1.json",
+    "dom_metric": "dom_metric.v2.json",
+    "depth_sample": "depth_sample.v1.json",
+    "sentiment_metric": "sentiment_metric.v2.json",
+    "sentiment_data": "sentiment_data.v1.json",
     "dead_letter": "dead_letter.v1.json",
 }
 

@@ -32,3 +32,12 @@ def test_demo_runs_the_live_pipeline_and_stops_cleanly(stack: RealStack, tmp_pat
                             "WHERE timeframe = '1m' GROUP BY symbol ORDER BY symbol").fetchall()
     assert [r[0] for r in rows] == ["EUR/USD", "GBP/USD", "USD/JPY"]
     assert all(r[1] > 0 for r in rows)
+    with psycopg.connect(url) as conn:
+        dom = conn.execute("SELECT symbol, sum(updates), min(spread_min), max(microprice) "
+                           "FROM dom_metrics WHERE timeframe = '1m' GROUP BY symbol "
+                           "ORDER BY symbol").fetchall()
+    # the live view's DOM columns come from these rows; synthetic books always have both
+    # sides, so spread and microprice are never null
+    assert [r[0] for r in dom] == ["EUR/USD", "GBP/USD", "USD/JPY"]
+    assert all(r[1] > 0 and r[2] is not None and r[2] > 0 and r[3] is not None for r in dom), dom
+    assert "microprice" in result.stdout

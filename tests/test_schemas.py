@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 import schemas
@@ -22,7 +24,10 @@ GOOD = {
         {"symbol": "EUR/USD", "ts_ms": 1, "bids": [], "asks": []},
     ],
     "sentiment_observation": [
-        {"symbol": "EUR/USD", "ts_ms": 1, "long_pct": 61.5, "short_pct": 38.5},
+        {"symbol": "EUR/USD", "ts_ms": 1, "provider": "myfxbook", "long_pct": 61.5,
+         "short_pct": 38.5},
+        {"symbol": "EUR/USD", "ts_ms": 1, "provider": "ig", "long_pct": 0, "short_pct": 100,
+         "total_traders": 12, "confidence": None},
     ],
     "candle": [
         {"v": 1, "symbol": "EUR/USD", "timeframe": "1m", "ts_utc": 60000, "open": 1.1,
@@ -34,12 +39,30 @@ GOOD = {
           "low": 1.0, "close": 1.15, "tick_volume": 3, "volume": 0.0, "complete": True}],
     ],
     "dom_metric": [
-        {"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "imbalance": -0.5, "levels": 3,
-         "bid_depth": 1.0, "ask_depth": 3.0},
+        {"v": 2, "kind": "dom_bar", "symbol": "EUR/USD", "timeframe": "1s", "ts_utc": 1000,
+         "provider": "p", "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.15,
+         "spread_mean": -0.1, "spread_min": -0.2, "spread_max": 0.0, "depth_imbalance": -0.5,
+         "depth_levels": 20, "microprice": 1.1, "weighted_mid": 1.1, "updates": 3,
+         "crossed": 2, "complete": True, "src_partition": 0, "src_offset": 9},
+        {"v": 2, "kind": "dom_bar", "symbol": "EUR/USD", "timeframe": "1m", "ts_utc": 0,
+         "open": None, "high": None, "low": None, "close": None, "depth_imbalance": None,
+         "microprice": None, "updates": 1, "crossed": 0, "complete": False},
+    ],
+    "depth_sample": [
+        {"v": 1, "kind": "depth_sample", "symbol": "EUR/USD", "bucket_utc": 1000,
+         "ts_utc": 1999, "provider": None, "bids": [[1.1, 0]], "asks": [], "mid_price": None,
+         "spread": None, "imbalance": None, "src_partition": 1, "src_offset": 2},
     ],
     "sentiment_metric": [
-        {"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "long_pct": 70.5, "label": "bullish",
-         "contrarian_signal": -0.41},
+        {"v": 2, "kind": "sentiment_metric", "symbol": "EUR/USD", "provider": "ig",
+         "ts_utc": 1, "long_pct": 70.5, "ma_5m": 70.5, "ma_5m_full": False, "ma_15m": 70.5,
+         "ma_15m_full": False, "ma_1h": 70.5, "ma_1h_full": False, "change_1h": None,
+         "contrarian_signal": -1, "contrarian_strength": -0.41, "ratio": 0.41,
+         "confidence": 0.41, "label": "bullish", "src_partition": 0, "src_offset": 3},
+    ],
+    "sentiment_data": [
+        {"v": 1, "kind": "sentiment_data", "symbol": "EUR/USD", "provider": "ig", "ts_utc": 1,
+         "long_pct": 70.5, "short_pct": 29.5, "total_traders": None, "confidence": 0.8},
     ],
     "dead_letter": [
         {"v": 1, "reason": "late", "detail": "400 s behind", "stage": "worker",
@@ -79,9 +102,18 @@ BAD = {
     "dom_snapshot": [
         ({"symbol": "EUR/USD", "ts_ms": 1, "bids": [[1.1]], "asks": []}, "bids"),
         ({"symbol": "EUR/USD", "ts_ms": 1, "bids": [[-1, 1]], "asks": []}, "bids"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "bids": [[1.1, 1e13]], "asks": []}, "bids"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "bids": [], "asks": [[1e10, 1]]}, "asks"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "bids": []}, "must contain"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "bids": [], "asks": [], "provider": "x\x00"},
+         "provider"),
     ],
     "sentiment_observation": [
-        ({"symbol": "EUR/USD", "ts_ms": 1, "long_pct": 101, "short_pct": 0}, "long_pct"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "provider": "ig", "long_pct": 101, "short_pct": 0},
+         "long_pct"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "long_pct": 50, "short_pct": 50}, "must contain"),
+        ({"symbol": "EUR/USD", "ts_ms": 1, "provider": "i\x00g", "long_pct": 50,
+          "short_pct": 50}, "provider"),
     ],
     "candle": [
         ({"v": 2, "symbol": "EUR/USD", "timeframe": "1m", "ts_utc": 0, "open": 1, "high": 1,
@@ -92,9 +124,25 @@ BAD = {
           "low": 1, "close": 1, "tick_volume": 0, "volume": 0, "complete": True}, "tick_volume"),
     ],
     "candle_frame": [([], "must be valid"), ({"v": 1}, "must be valid")],
-    "dom_metric": [({"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "imbalance": 2}, "imbalance")],
+    "dom_metric": [
+        ({"v": 2, "kind": "dom_bar", "symbol": "EUR/USD", "timeframe": "1s", "ts_utc": 1,
+          "depth_imbalance": 2, "updates": 1, "crossed": 0, "complete": True}, "imbalance"),
+        ({"v": 2, "kind": "dom_bar", "symbol": "EUR/USD", "timeframe": "1s", "ts_utc": 1,
+          "updates": 0, "crossed": 0, "complete": True}, "updates"),
+        ({"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "imbalance": 0.5}, "must contain"),
+    ],
+    "depth_sample": [
+        ({"v": 1, "kind": "depth_sample", "symbol": "EUR/USD", "bucket_utc": 0, "ts_utc": 1,
+          "bids": [[0, 1]], "asks": []}, "bids"),
+        ({"v": 1, "kind": "dom_bar", "symbol": "EUR/USD", "bucket_utc": 0, "ts_utc": 1,
+          "bids": [], "asks": []}, "kind"),
+    ],
     "sentiment_metric": [
-        ({"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "long_pct": 50, "label": "up"}, "label"),
+        ({"v": 1, "symbol": "EUR/USD", "ts_utc": 1, "long_pct": 50, "label": "up"}, "must contain"),
+    ],
+    "sentiment_data": [
+        ({"v": 1, "kind": "sentiment_data", "symbol": "EUR/USD", "provider": "ig", "ts_utc": 1,
+          "long_pct": 170.5, "short_pct": 29.5}, "long_pct"),
     ],
     "dead_letter": [({"v": 1, "reason": "late"}, "must contain")],
 }
@@ -116,5 +164,6 @@ def test_rejects_with_a_reason(name: str, message: object, fragment: str) -> Non
 def test_every_schema_is_covered_and_versioned() -> None:
     assert set(GOOD) == set(schemas.SCHEMAS) == set(BAD)
     for name, filename in schemas.SCHEMAS.items():
-        assert ".v1." in filename
-        assert schemas.load_schema(name)["title"].endswith("v1")
+        version = re.fullmatch(rf"{name}\.v([1-9][0-9]*)\.json", filename)
+        assert version, filename
+        assert schemas.load_schema(name)["title"].endswith(f"v{version.group(1)}")

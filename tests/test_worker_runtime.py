@@ -480,3 +480,57 @@ def test_worker_started_while_kafka_is_down_waits_and_says_so(
         assert "Kafka" in line, shown.stdout
     finally:
         stop_all(worker)
+
+
+# --- a state too large for a changelog record ---------------------------------------------------
+
+
+def test_a_message_that_would_outgrow_the_changelog_record_is_dead_lettered(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Kafka refuses a record past its size limit, and the producer's failure used to
+    stop the worker. A message whose state would pass FXSTREAM_MAX_STATE_BYTES is
+    dead-lettered as ``state_too_large`` instead; the symbol keeps its state and the
+    worker goes on."""
+    from pipeline.agents.candles import candle_agent
+    from pipeline.runtime.positions import encode_envelope
+
+    def tick(ts: int, sym: str = "EUR/USD") -> dict[str, Any]:
+        return {"symbol": sym, "ts_ms": ts, "bid": 1.1, "ask": 1.1002}
+
+    wide = [tick(T0 + 1_000 * (i + 1)) for i in range(280)]  # bars over 4 2/3 minutes
+    probe = settings_for(make_settings)
+    fold = candle_agent(probe).fold
+    now = int(time.time() * 1000)
+    small = fold(fold(None, "EUR/USD", [tick(T0)], 0, now).state, "EUR/USD",
+                 [tick(T0 + 500)], 2, now).state
+    large = fold(fold(None, "EUR/USD", [tick(T0)], 0, now).state, "EUR/USD", wide, 1, now).state
+    limit = (len(encode_envelope(0, 2, small)) + len(encode_envelope(0, 1, large))) // 2
+    assert len(encode_envelope(0, 2, small)) < limit < len(encode_envelope(0, 1, large))
+
+    settings = settings_for(make_settings, partitions=3, max_state_bytes=limit)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    for value in ([tick(T0)], wide, [tick(T0, "GBP/USD")], [tick(T0 + 500)]):
+        producer.produce(settings.topics.ticks, key=value[0]["symbol"].encode(),
+                         value=orjson.dumps(value))
+        assert producer.flush(30) == 0  # in this order within EUR/USD's partition
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        def newest_bars() -> dict[tuple[str, str], dict[str, Any]]:
+            bars: dict[tuple[str, str], dict[str, Any]] = {}
+            for _, value in read_topic(settings, settings.topics.candles):
+                for c in value if isinstance(value, list) else [value]:
+                    if c["ts_utc"] == T0 - T0 % 60_000:
+                        bars[(c["symbol"], c["timeframe"])] = c
+            return bars
+
+        wait_for(lambda: newest_bars().get(("EUR/USD", "1m"), {}).get("tick_volume") == 2
+                 and ("GBP/USD", "1m") in newest_bars(), 120,
+                 "EUR/USD's bar of its two small messages, and GBP/USD's bar")
+        reasons = Counter(r["reason"] for r in dead_letters(settings).values())
+        assert reasons == {"state_too_large": len(wide)}, reasons
+        detail = next(iter(dead_letters(settings).values()))["detail"]
+        assert "FXSTREAM_MAX_STATE_BYTES" in detail and "EUR/USD" in detail
+        assert worker.alive()
+    finally:
+        stop_all(worker)

@@ -16,7 +16,10 @@ state. Its three functions are pure: no Kafka, no Faust, no clock of their own.
 
 Every record the runtime publishes carries its version: ``src_partition`` and
 ``src_offset``, the source position of the state that produced it, so a sink can
-refuse to go backwards.
+refuse to go backwards. A record that names another topic in ``TARGET`` (one of
+the declaration's ``also`` topics) goes there instead, as it is (without the
+name and without a version): a message for another agent, e.g. a derived
+observation for the sentiment agent.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 State = dict[str, Any]
 Record = dict[str, Any]
+TARGET = "_topic"  # a record's other topic: a field of pipeline.settings.Topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +66,4 @@ class AgentSpec:
     resend: Callable[[State, int], list[Record]]
     known_keys: frozenset[str] | None = None  # None: every canonical symbol
     item_noun: str = "ticks"  # what the stopping report counts
+    also: tuple[str, ...] = ()  # other topics (Topics fields) records may name in TARGET

@@ -1,4 +1,5 @@
-"""`fxstream worker`: every declared agent on one Faust worker, until SIGTERM or SIGINT."""
+"""`fxstream worker`: every declared agent (candles, DOM metrics, sentiment) on one Faust worker,
+until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import time
 import faust
 
 from pipeline.agents.candles import candle_agent
+from pipeline.agents.dom import dom_agent
+from pipeline.agents.orderbook import with_orderbook
+from pipeline.agents.sentiment import sentiment_agent
 from pipeline.process_status import write_status
 from pipeline.runtime.app import build_app
 from pipeline.runtime.worker import WorkerRuntime
@@ -35,7 +39,10 @@ def wait_for_kafka(settings: Settings, max_delay_s: float = 15.0) -> None:
 def run_worker(settings: Settings) -> None:
     wait_for_kafka(settings)
     app = build_app(settings)
-    WorkerRuntime(app, settings, [candle_agent(settings)])
+    dom = dom_agent(settings)
+    if settings.sentiment_orderbook:
+        dom = with_orderbook(dom, settings)  # the derived "orderbook" sentiment provider
+    WorkerRuntime(app, settings, [candle_agent(settings), dom, sentiment_agent(settings)])
     write_status(settings.state_dir, "worker", "running", group=settings.worker_group,
                  topic=settings.topics.ticks)
     # faust.Worker installs SIGTERM/SIGINT handlers that stop the agents, flush the

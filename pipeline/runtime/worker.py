@@ -35,7 +35,7 @@ from aiokafka.partitioner import murmur2
 from faust.stores.memory import Store as MemoryStore
 
 from pipeline.core.deadletters import dead_letter, dead_letter_key
-from pipeline.runtime.declaration import AgentSpec, Reject
+from pipeline.runtime.declaration import TARGET, AgentSpec, Reject
 from pipeline.runtime.positions import (
     Cursor,
     cursor_key,
@@ -105,6 +105,9 @@ class AgentRuntime:
         self.output = app.topic(getattr(settings.topics, spec.output), key_type=bytes,
                                 value_type=bytes, partitions=settings.partitions)
         self.dead_letters = dead_letters
+        self.also = {name: app.topic(getattr(settings.topics, name), key_type=bytes,
+                                     value_type=bytes, partitions=settings.partitions)
+                     for name in spec.also}
         self.table = app.Table(spec.table, default=None, partitions=settings.partitions,
                                key_type=bytes, value_type=bytes,
                                extra_topic_configs=CHANGELOG_CONFIG)
@@ -217,6 +220,19 @@ class AgentRuntime:
             rejects.extend(outcome.rejects)
             if outcome.state is not None and not outcome.skipped:
                 state_value = encode_envelope(partition, position, outcome.state)
+                if len(state_value) > self.settings.max_state_bytes:
+                    # Kafka would refuse the changelog record, and the producer's failure
+                    # would stop the worker: the message is refused instead, its items
+                    # dead-lettered, and the symbol's state stays as it was.
+                    refused = {r.index for r in outcome.rejects}
+                    detail = (f"{symbol}'s {self.spec.name} state would grow to "
+                              f"{len(state_value):,} bytes, more than a changelog record may "
+                              f"hold (FXSTREAM_MAX_STATE_BYTES, "
+                              f"{self.settings.max_state_bytes:,}); a shorter lateness keeps "
+                              "less of it")
+                    rejects.extend(Reject(i, "state_too_large", detail, item)
+                                   for i, item in enumerate(items) if i not in refused)
+                    outcome, state_value = None, None
 
         if rejects:
             await self._send_dead_letters(rejects, where, symbol, framed)
@@ -239,12 +255,26 @@ class AgentRuntime:
         # One record per source message: a frame of what it changed (or one record).
         if not outputs:
             return
+        elsewhere: dict[str, list[dict[str, Any]]] = {}
+        if self.also:  # records naming another topic go there, as they are
+            mine = []
+            for record in outputs:
+                target = record.pop(TARGET, None)
+                if target is None:
+                    mine.append(record)
+                else:
+                    elsewhere.setdefault(target, []).append(record)
+            outputs = mine
         for record in outputs:
             record["src_partition"] = partition
             record["src_offset"] = position
-        value = orjson.dumps(outputs if len(outputs) > 1 else outputs[0])
-        await self.output.send(key=key, value=value, force=True)
-        self.stats.outputs += len(outputs)
+        if outputs:
+            value = orjson.dumps(outputs if len(outputs) > 1 else outputs[0])
+            await self.output.send(key=key, value=value, force=True)
+            self.stats.outputs += len(outputs)
+        for target, records in elsewhere.items():
+            await self.also[target].send(key=key, value=orjson.dumps(
+                records if len(records) > 1 else records[0]), force=True)
 
     async def _send_dead_letters(self, rejects: list[Reject], where: tuple[str, int, int],
                                  symbol: str | None, framed: bool) -> None:
