@@ -534,3 +534,58 @@ def test_a_message_that_would_outgrow_the_changelog_record_is_dead_lettered(
         assert worker.alive()
     finally:
         stop_all(worker)
+
+
+def test_output_frames_stay_under_the_record_limit_in_order() -> None:
+    from pipeline.runtime.worker import output_frames
+
+    records = [{"i": i, "pad": "x" * (i % 7 * 10)} for i in range(50)]
+    frames = output_frames(records, 400)
+    assert len(frames) > 1 and all(len(f) <= 400 for f in frames)
+    back = [r for f in frames for r in (lambda v: v if isinstance(v, list) else [v])(
+        orjson.loads(f))]
+    assert back == records
+    assert output_frames(records, 10**6) == [orjson.dumps(records)]
+
+
+def test_a_message_whose_outputs_pass_the_record_limit_is_sent_in_parts(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """One message of ticks over half an hour closes some 30 bars: more bytes of output
+    than of state (which keeps only the bars within the lateness). Its outputs go out
+    as several records under the limit, and every bar arrives."""
+    from pipeline.agents.candles import candle_agent
+    from pipeline.runtime.declaration import TARGET
+    from pipeline.runtime.positions import encode_envelope
+
+    ticks = [{"symbol": "EUR/USD", "ts_ms": T0 + 60_000 * i + 7, "bid": 1.1 + i * 1e-4,
+              "ask": 1.1002 + i * 1e-4} for i in range(30)]
+    probe = settings_for(make_settings)
+    outcome = candle_agent(probe).fold(None, "EUR/USD", ticks, 0, int(time.time() * 1000))
+    bars = [r for r in outcome.outputs if TARGET not in r]  # not the order-flow records
+    for record in bars:
+        record.update(src_partition=0, src_offset=0)
+    state_size = len(encode_envelope(0, 0, outcome.state))
+    output_size = len(orjson.dumps(bars))
+    limit = max(state_size + 500, output_size // 3)
+    assert limit < output_size  # one frame would pass it
+    settings = settings_for(make_settings, partitions=3, max_state_bytes=limit)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    producer.produce(settings.topics.ticks, key=b"EUR/USD", value=orjson.dumps(ticks))
+    assert producer.flush(30) == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        def sent() -> list[Any]:
+            return [v for _, v in read_topic(settings, settings.topics.candles)]
+
+        wait_for(lambda: sum(len(v) if isinstance(v, list) else 1 for v in sent())
+                 >= len(bars), 120, "every bar of the message on the candle topic")
+        values = sent()
+        assert len(values) > 1
+        assert all(len(orjson.dumps(v)) <= limit for v in values)
+        got = [c for v in values for c in (v if isinstance(v, list) else [v])]
+        assert [(c["timeframe"], c["ts_utc"], c["tick_volume"]) for c in got] == [
+            (c["timeframe"], c["ts_utc"], c["tick_volume"]) for c in bars]
+        assert not dead_letters(settings)
+    finally:
+        stop_all(worker)

@@ -268,13 +268,14 @@ class AgentRuntime:
         for record in outputs:
             record["src_partition"] = partition
             record["src_offset"] = position
+        limit = self.settings.max_state_bytes
         if outputs:
-            value = orjson.dumps(outputs if len(outputs) > 1 else outputs[0])
-            await self.output.send(key=key, value=value, force=True)
+            for value in output_frames(outputs, limit):
+                await self.output.send(key=key, value=value, force=True)
             self.stats.outputs += len(outputs)
         for target, records in elsewhere.items():
-            await self.also[target].send(key=key, value=orjson.dumps(
-                records if len(records) > 1 else records[0]), force=True)
+            for value in output_frames(records, limit):
+                await self.also[target].send(key=key, value=value, force=True)
 
     async def _send_dead_letters(self, rejects: list[Reject], where: tuple[str, int, int],
                                  symbol: str | None, framed: bool) -> None:
@@ -451,6 +452,18 @@ def _canonical_key(key: bytes | None) -> str | None:
         return normalize_symbol(key.decode("utf-8", errors="strict"))
     except (UnicodeDecodeError, SymbolError):
         return None
+
+
+def output_frames(records: list[dict[str, Any]], limit: int) -> list[bytes]:
+    """The records of one message as one frame, or, when that frame would pass
+    ``limit`` bytes (Kafka refuses a record past its size limit, and the producer's
+    failure would stop the worker), as several frames in the same order; every
+    downstream consumer takes a frame or a part of one alike."""
+    value = orjson.dumps(records if len(records) > 1 else records[0])
+    if len(value) <= limit or len(records) == 1:
+        return [value]
+    half = len(records) // 2
+    return output_frames(records[:half], limit) + output_frames(records[half:], limit)
 
 
 class WorkerRuntime:
