@@ -197,8 +197,9 @@ class Settings(BaseModel):
     # Faust's own 1.5 s can hold busy partitions back after any stall, and every such
     # hold adds to the latency of the busy ones; an idle worker then fetches 50 times/s.
     worker_fetch_wait_ms: int = Field(20, ge=1, le=5_000)
-    # Largest state record one key may write to its changelog; a message that would make
-    # it larger is dead-lettered (state_too_large). Kafka's default record limit is 1 MB.
+    # Largest record the worker writes (Kafka's default limit is 1 MB): a message that would
+    # make a key's state larger is dead-lettered (state_too_large); a message's outputs
+    # larger than this go out as several frames.
     max_state_bytes: int = Field(900_000, ge=256, le=100_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
