@@ -355,6 +355,11 @@ class SinkRuntime:
         self._assigned = set(numbers)
         log.info("assigned %s: starting at %s", self.topic, where)
         consumer.assign(partitions)
+        if stored:
+            # A sink killed between PostgreSQL's commit and Kafka's left Kafka behind; when
+            # nothing new arrives no batch would ever commit it, and the lag would stay.
+            consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in stored.items()],
+                            asynchronous=True)
         if self._down and partitions:
             # Partitions that arrive during an outage start paused; where they start is
             # decided from PostgreSQL once it answers.
