@@ -58,6 +58,12 @@ class Session:
 
     async def start(self, conn: Connection) -> None:
         """Everything from application auth to the subscriptions, on a new connection."""
+        await self.authorise(conn)
+        await self.subscribe(conn)
+
+    async def authorise(self, conn: Connection) -> None:
+        """Application and account auth and the symbols, without subscribing (what
+        historical requests need)."""
         await self._application_auth(conn)
         if self.account is None:
             accounts = await self._with_token(conn, self._account_list)
@@ -69,7 +75,6 @@ class Session:
         await self._with_token(conn, self._account_auth)
         if not self.symbols:
             await self._load_symbols(conn)
-        await self.subscribe(conn)
 
     async def reauthorise(self, conn: Connection) -> None:
         """After the server invalidated the access token: refresh, account auth, subscribe."""

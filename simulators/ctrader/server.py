@@ -19,7 +19,10 @@ Faults for tests: ``drop_after`` (close every connection, cleanly, after so many
 events in all; SIGUSR1 does the same at any time), ``slow_accepts`` connections wait
 ``accept_delay_s`` before the TLS handshake, ``fail`` answers the first N requests of a
 type with a given error code, and more than ``max_requests_per_s`` requests in a second
-on one connection are answered with REQUEST_FREQUENCY_EXCEEDED.
+on one connection are answered with REQUEST_FREQUENCY_EXCEEDED, as are more than
+``max_history_requests_per_s`` historical requests when that is set. Tick data older than
+``tick_history_from_ms`` is not kept (a broker's tick history has a horizon; trendbars
+reach further).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from simulators.ctrader import history
 from simulators.ctrader.certs import make_certificate
 from simulators.ctrader.market import Instrument, depth_levels, instruments
 
+HISTORY_REQUESTS = frozenset({"ProtoOAGetTickDataReq", "ProtoOAGetTrendbarsReq"})
+
 log = logging.getLogger("fxstream.ctrader-sim")
 
 ACCOUNTS = ((1001, False, 7001), (1002, False, 7002), (2001, True, 9001))
@@ -69,6 +74,8 @@ class SimConfig:
     accept_delay_s: float = 0.0
     fail: dict[str, tuple[str, int]] = field(default_factory=dict)
     max_requests_per_s: int = 50
+    max_history_requests_per_s: int | None = None  # Spotware's is 5; None: not enforced
+    tick_history_from_ms: int = 0  # no tick data before this (trendbars still served)
     heartbeat_s: float = 10.0
     idle_timeout_s: float = 30.0
 
@@ -106,6 +113,7 @@ class SimClient:
         self.last_sent: dict[int, tuple[int, int]] = {}
         self.quote_ids: dict[int, list[int]] = {}
         self.requests: deque[float] = deque()
+        self.history_requests: deque[float] = deque()
         self.closed = False
         self.last_receive = time.monotonic()
 
@@ -277,6 +285,17 @@ class Simulator:
             self._error(client, msg_id, "REQUEST_FREQUENCY_EXCEEDED",
                         f"more than {self.config.max_requests_per_s} requests a second")
             return
+        history_limit = self.config.max_history_requests_per_s
+        if history_limit is not None and name in HISTORY_REQUESTS:
+            client.history_requests.append(now)
+            while client.history_requests and now - client.history_requests[0] > 1.0:
+                client.history_requests.popleft()
+            if len(client.history_requests) > history_limit:
+                log.warning("connection %d: more than %d historical requests a second",
+                            client.number, history_limit)
+                self._error(client, msg_id, "REQUEST_FREQUENCY_EXCEEDED",
+                            f"more than {history_limit} historical requests a second")
+                return
         if self.failures_left.get(name, 0) > 0:
             self.failures_left[name] -= 1
             code = self.config.fail[name][0]
@@ -431,6 +450,13 @@ class Simulator:
         except history.BoundaryError as exc:
             self._error(client, msg_id, "INCORRECT_BOUNDARIES", str(exc), account)
             return
+        if ticks and ticks[-1][0] < self.config.tick_history_from_ms:
+            # The broker keeps no tick data that old: what it has of the range, no more.
+            ticks = [t for t in ticks if t[0] >= self.config.tick_history_from_ms]
+            more = False
+        log.info("connection %d: tick data of %s %s [%d, %d): %d ticks", client.number,
+                 inst.symbol, "ask" if msg.type == model.ASK else "bid", msg.fromTimestamp,
+                 msg.toTimestamp, len(ticks))
         res = oa.ProtoOAGetTickDataRes(ctidTraderAccountId=account, hasMore=more)
         for ts, tick in encode_tick_data(ticks):
             res.tickData.add(timestamp=ts, tick=tick)
