@@ -482,6 +482,69 @@ def test_worker_started_while_kafka_is_down_waits_and_says_so(
         stop_all(worker)
 
 
+# --- changelog topics ----------------------------------------------------------------------------
+
+
+def test_a_changelog_with_another_partition_count_stops_the_worker_with_a_clear_error(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A changelog that does not match its source (the worker group reused after the
+    partition count changed) used to leave the agent crashing on every message and
+    restarting, silently, for as long as the worker ran; nothing reached the tables."""
+    settings = settings_for(make_settings)
+    create_topics(settings)
+    changelog = f"{settings.worker_group}-sentiment-state-changelog"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(changelog, num_partitions=1, replication_factor=1,
+                                  config={"cleanup.policy": "compact"})])[changelog].result(30)
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: not worker.alive(), 120, "the worker to stop")
+        assert worker.popen.returncode != 0
+        log = worker.log.read_text()
+        assert f"changelog topic {changelog!r} has 1 partitions" in log, worker.tail()
+        assert "FXSTREAM_WORKER_GROUP" in log
+    finally:
+        stop_all(worker)
+
+
+def test_every_changelog_exists_with_all_its_partitions_led_before_the_worker_joins(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Faust creates the changelogs while it starts; a consumer that joined before a new
+    one reached its metadata saw it with no partitions, and that table refused every write
+    (PartitionsMismatch) until a metadata refresh minutes later: its agent stalled."""
+    settings = settings_for(make_settings)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        def members() -> int:
+            try:
+                (desc,) = admin.describe_consumer_groups([settings.worker_group]).values()
+                return len(desc.result(10).members)
+            except Exception:
+                return 0
+
+        seen: dict[str, int] = {}
+
+        def joined() -> bool:
+            assert worker.alive(), worker.tail()
+            topics = admin.list_topics(timeout=10).topics
+            if members() == 0:
+                return False
+            seen.update({name: len([p for p in t.partitions.values() if p.leader >= 0])
+                         for name, t in topics.items() if name.endswith("-changelog")
+                         and name.startswith(settings.worker_group)})
+            return True
+
+        wait_for(joined, 120, "the worker to join its group")
+        assert seen == {f"{settings.worker_group}-{table}-state-changelog": settings.partitions
+                        for table in ("candle", "dom", "sentiment")}, seen
+        wait_for(lambda: "recovered sentiment state" in worker.log.read_text(), 60,
+                 "the sentiment agent to recover")
+        assert "PartitionsMismatch" not in worker.log.read_text()
+    finally:
+        stop_all(worker)
+
+
 # --- a state too large for a changelog record ---------------------------------------------------
 
 

@@ -88,3 +88,15 @@ def read_range(bootstrap: str, topic: str, partition: int, start: int, stop: int
     finally:
         consumer.close()
     return RangeRead(out, missing)
+
+
+def watermarks(bootstrap: str, topic: str, partitions: list[int], timeout_s: float = 10.0
+               ) -> dict[int, tuple[int, int]]:
+    """(low, high) watermark offsets of some partitions of a topic, from the broker."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fxstream-watermarks",
+                         "enable.auto.commit": False})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+                for p in partitions}
+    finally:
+        consumer.close()

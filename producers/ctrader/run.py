@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.settings import Settings
+from pipeline.topics import wait_for_leaders
 from producers.ctrader.book import DepthBook, SnapshotThrottle, depth_event_quotes
 from producers.ctrader.connection import Connection, OpenApiError, client_ssl_context
 from producers.ctrader.credentials import Credentials, ScrubSecrets
@@ -53,30 +54,12 @@ class KafkaOutput:
         self.ticks = TickPublisher(settings, producer=producer)
         self.dom = TickPublisher(settings, producer=producer, topic=settings.topics.dom)
         self._producer = producer
+        self._settings = settings
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Wait until every partition of both topics has a leader.
-
-        Topics that were just created get their partitions' leaders one by one; the stream
-        starts only when all of them take writes (a first frame written into that window
-        was seen to go missing)."""
-        deadline = time.monotonic() + timeout_s
-        topics = (self.ticks.topic, self.dom.topic)
-        while True:
-            missing = []
-            for topic in topics:
-                meta = self._producer.list_topics(topic, timeout=10).topics.get(topic)
-                if meta is None or meta.error is not None or not meta.partitions:
-                    missing.append(topic)
-                    continue
-                missing += [f"{topic}[{p}]" for p, part in meta.partitions.items()
-                            if part.leader < 0 or part.error is not None]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"Kafka partitions without a leader after "
-                                      f"{timeout_s:.0f} s: {', '.join(missing[:5])}")
-            time.sleep(0.2)
+        """Wait until every partition of both topics has a leader: the stream starts only
+        when all of them take writes."""
+        wait_for_leaders(self._settings, (self.ticks.topic, self.dom.topic), timeout_s)
 
     def tick(self, symbol: str, tick: dict[str, Any]) -> None:
         self.ticks.publish(symbol, tick)
