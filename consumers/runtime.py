@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,6 +68,8 @@ from confluent_kafka import (
 )
 
 from pipeline.core.deadletters import dead_letter, dead_letter_key
+from pipeline.observability.health import Heartbeat
+from pipeline.observability.metrics import SinkMetrics, TableMetrics, new_registry
 from pipeline.process_status import write_status
 from pipeline.settings import Settings
 
@@ -136,6 +139,8 @@ class _Batch:
     rows: list[Row]
     origins: list[tuple[int, int | None]]
     rejected: int
+    records: int = 0  # items in the messages, valid or not
+    oldest_ms: int | None = None  # the oldest message's timestamp (the first of a partition)
 
 
 class NotJson:
@@ -158,6 +163,23 @@ class SinkStats:
     last_commit: float | None = None  # ... and the last one was committed
 
 
+@dataclass(slots=True)
+class _Written:
+    """What a batch's statements did to its rows: inserted, updated, or left as they were
+    because a newer version is stored."""
+
+    inserted: int = 0
+    updated: int = 0
+    older: int = 0
+    copy_s: float = 0.0  # time in COPY and merge statements
+
+    def add(self, other: _Written) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.older += other.older
+        self.copy_s += other.copy_s
+
+
 class DatabaseDown(Exception):
     """PostgreSQL did not answer (a connection failure, never a refusal)."""
 
@@ -170,12 +192,24 @@ _REFUSALS = (psycopg.DataError, psycopg.IntegrityError, OverflowError)
 class SinkRuntime:
     """Runs one declaration: `run()` consumes until stopped (SIGTERM/SIGINT or ``until``)."""
 
-    def __init__(self, spec: SinkSpec, settings: Settings) -> None:
+    def __init__(self, spec: SinkSpec, settings: Settings, metrics: TableMetrics | None = None,
+                 heartbeat: Heartbeat | None = None) -> None:
         self.spec = spec
         self.settings = settings.require_connections()
         self.topic: str = getattr(settings.topics, spec.topic)
         self.group = settings.sink_group
         self.stats = SinkStats()
+        # What it counts, for the process's /metrics (consumers.sinks), and its poll loop's
+        # heartbeat, for /healthz; a sink built alone counts into a registry of its own.
+        self.metrics = metrics or TableMetrics.of(SinkMetrics.build(new_registry()), spec.table)
+        self.heartbeat = heartbeat or Heartbeat()
+        self.metrics_url: str | None = None  # where the process serves them, for the status
+        self._subscribed = False
+        self._assignment_seen = False
+        self._probe = _DatabaseProbe(settings.database_url)
+        self._lag_series: set[int] = set()
+        self._written: dict[int, int] = {}  # next offset to write per partition, as committed
+        self._lag_at = 0.0
         self._stop = False
         self._conn: psycopg.Connection[Any] | None = None
         self._sql = _Sql(spec)
@@ -229,12 +263,16 @@ class SinkRuntime:
                 return self.stats
             self.consumer.subscribe([self.topic], on_assign=self._on_assign,
                                     on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            self._subscribed = True
+            self.metrics.postgres_up.set(1)
             self._status("running")
             log.info("%s sink started: group %s, topic %s, table %s", self.spec.name, self.group,
                      self.topic, self.spec.table)
             timeout = self.settings.sink_batch_timeout_ms / 1000
             size = self.settings.sink_batch_size
             while not self._stop and not until():
+                self.heartbeat.beat()
+                self._observe_lag({})
                 if self._inflight is not None and self._inflight[0].done():
                     self._drain()
                 if self._down:
@@ -287,6 +325,8 @@ class SinkRuntime:
 
     def _status(self, state: str, **extra: Any) -> None:
         """This process's state for `fxstream status` (pipeline.process_status)."""
+        if self.metrics_url:
+            extra["metrics"] = self.metrics_url
         write_status(self.settings.state_dir, f"{self.spec.name}-sink", state,
                      group=self.group, topic=self.topic, **extra)
 
@@ -328,13 +368,29 @@ class SinkRuntime:
     def _sleep(self, seconds: float, until: Callable[[], bool]) -> None:
         deadline = time.monotonic() + seconds
         while not self._stop and not until() and time.monotonic() < deadline:
+            self.heartbeat.beat()
             time.sleep(min(0.1, seconds))
+
+    # -- readiness (asked from the endpoints' thread) ---------------------------------------
+
+    def readiness(self) -> str | None:
+        """None when the sink holds its assignment and PostgreSQL answers, else why not."""
+        name = f"{self.spec.name} sink"
+        if not self._subscribed:
+            return f"{name}: starting (waiting for PostgreSQL and Kafka)"
+        if self._down:
+            return f"{name}: PostgreSQL unreachable ({self.stats.last_error})"
+        if not self._assignment_seen:
+            return f"{name}: waiting for its partitions"
+        problem = self._probe.problem()
+        return f"{name}: PostgreSQL unreachable ({problem})" if problem else None
 
     # -- assignment -----------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drain()  # nothing in flight while the assignment changes or offsets are read
         self._rebalances += 1
+        self._assignment_seen = True
         self._high.clear()
         numbers = [p.partition for p in partitions]
         stored: dict[int, int] | None = None
@@ -376,9 +432,11 @@ class SinkRuntime:
         gone = {p.partition for p in partitions}
         self._assigned -= gone
         self._paused -= gone
+        self._assignment_seen = False
         for p in gone:
             self._start.pop(p, None)
             self._first_unwritten.pop(p, None)
+            self._written.pop(p, None)
         log.info("revoked %s partitions %s", self.topic, sorted(gone))
 
     def _restart_assignment(self, messages: list[Message]) -> None:
@@ -421,6 +479,10 @@ class SinkRuntime:
         if not self._down:
             self._down = True
             self._delay = 0.5
+            self.metrics.postgres_outages.inc()
+            self.metrics.postgres_up.set(0)
+        else:
+            self.metrics.postgres_retries.inc()
         self._retry_at = time.monotonic() + self._delay
         log.warning("PostgreSQL unavailable %s (%s); partitions paused, nothing committed, "
                     "retrying in %.1f s", where, self.stats.last_error, self._delay)
@@ -436,6 +498,7 @@ class SinkRuntime:
     def _wait_while_down(self) -> None:
         """Poll (group membership, rebalances) until it is time to try PostgreSQL again."""
         while not self._stop and time.monotonic() < self._retry_at:
+            self.heartbeat.beat()
             msg = self.consumer.poll(0.2)
             if msg is not None:
                 # Fetched before the pause took hold: not dropped, read again from here.
@@ -462,6 +525,7 @@ class SinkRuntime:
             self.consumer.resume([TopicPartition(self.topic, p) for p in sorted(self._paused)])
         self._paused.clear()
         self._down = False
+        self.metrics.postgres_up.set(1)
         self._high.clear()
         self._status("running")
         log.info("PostgreSQL is back; resuming %s at %s", self.topic, positions)
@@ -484,6 +548,7 @@ class SinkRuntime:
         spec = self.spec
         good: list[Message] = []
         next_offsets: dict[int, int] = {}
+        firsts: list[Message] = []  # each partition's first (its oldest) message
         assigned = self._assigned
         for msg in messages:
             err = msg.error()
@@ -494,6 +559,8 @@ class SinkRuntime:
             p = msg.partition()
             if p not in assigned:
                 continue
+            if p not in next_offsets:
+                firsts.append(msg)
             next_offsets[p] = msg.offset() + 1
             good.append(msg)
         if not next_offsets:
@@ -504,7 +571,11 @@ class SinkRuntime:
         rows, origins = self._reduce(decoded)
         if decoded.rejected:
             self._flush_dead_letters()
-        return _Batch(good, next_offsets, rows, origins, len(decoded.rejected))
+            self.metrics.dead_letter(spec.invalid_reason, len(decoded.rejected))
+        stamps = [ts for kind, ts in (m.timestamp() for m in firsts) if kind and ts > 0]
+        return _Batch(good, next_offsets, rows, origins, len(decoded.rejected),
+                      records=len(decoded.rows) + len(decoded.rejected),
+                      oldest_ms=min(stamps) if stamps else None)
 
     def _decode(self, messages: list[Message]) -> Decoded:
         """Rows of a batch: through the declaration's record type where it can, the
@@ -579,10 +650,52 @@ class SinkRuntime:
             log.info("PostgreSQL is back; batch written")
             self.stats.last_error = ""
         offsets = [TopicPartition(self.topic, p, o) for p, o in batch.next_offsets.items()]
+        started = time.monotonic()
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # the database holds the offsets; Kafka's are a convenience
             log.warning("Kafka offset commit failed (PostgreSQL has them): %s", exc)
+        self._observe_batch(batch, committed_at, time.monotonic() - started)
+
+    def _observe_batch(self, batch: _Batch, committed_at: float, kafka_commit_s: float) -> None:
+        """A written batch into the metrics (once per batch, on the main thread)."""
+        m = self.metrics
+        m.batches.inc()
+        m.messages_in.inc(len(batch.messages))
+        m.records_in.inc(batch.records)
+        m.kafka_commit_seconds.observe(kafka_commit_s)
+        now = time.time()
+        m.last_commit.labels(self.group, self.topic).set(now)
+        if batch.oldest_ms is not None:
+            # committed_at is monotonic: the same moment on the wall clock
+            row_at = now - (time.monotonic() - committed_at)
+            m.produce_to_row_seconds.observe(max(0.0, row_at - batch.oldest_ms / 1000))
+        self._observe_lag(batch.next_offsets)
+
+    def _observe_lag(self, written: dict[int, int]) -> None:
+        """Per assigned partition: its end (as last fetched) minus the next offset to write;
+        at most once a second, from the watermarks the consumer already holds."""
+        for p, nxt in written.items():
+            self._written[p] = nxt
+        if time.monotonic() - self._lag_at < 1.0:
+            return
+        self._lag_at = time.monotonic()
+        gauge = self.metrics.consumer_lag
+        for p in self._assigned:
+            try:
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), cached=True)
+            except Exception:  # nothing fetched from it yet
+                continue
+            if high < 0:
+                continue
+            start = self._written.get(p, self._start.get(p, -1))
+            base = start if start >= 0 else max(low, 0)  # not started: from the beginning
+            gauge.labels(self.group, self.topic, str(p)).set(max(0, high - base))
+        for p in self._lag_series - self._assigned:
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.group, self.topic, str(p))
+        self._lag_series = set(self._assigned)
 
     def _reduce(self, decoded: Decoded) -> tuple[list[Row], list[tuple[int, int | None]]]:
         """Each key's highest version; ties and unversioned rows: the later message."""
@@ -611,21 +724,27 @@ class SinkRuntime:
 
     def _write(self, rows: list[Row], origins: list[tuple[int, int | None]],
                messages: list[Message], next_offsets: dict[int, int]) -> int:
-        """Rows and offsets in one transaction; returns how many rows were refused."""
+        """Rows and offsets in one transaction; returns how many rows were refused. What
+        the committed transaction did goes into the metrics."""
+        started = time.monotonic()
         try:
             conn = self._connection()
             try:
                 with conn.transaction():
-                    self._apply(conn, rows, direct=True)
+                    written = self._apply(conn, rows, direct=True)
                     self._store_offsets(conn, next_offsets)
+                    body_done = time.monotonic()
+                self._observe_write(written, started, body_done)
                 return 0
             except psycopg.errors.UniqueViolation:
                 # A key thought new existed (another sink wrote it): merge everything.
                 self._high.clear()
                 try:
                     with conn.transaction():
-                        self._apply(conn, rows, direct=False)
+                        written = self._apply(conn, rows, direct=False)
                         self._store_offsets(conn, next_offsets)
+                        body_done = time.monotonic()
+                    self._observe_write(written, started, body_done)
                     return 0
                 except _REFUSALS:
                     pass
@@ -634,24 +753,40 @@ class SinkRuntime:
             if conn.closed or conn.broken:
                 raise DatabaseDown("the connection broke while writing")
             # Refused: find the rows PostgreSQL refuses, dead-letter them, write the rest.
+            written = _Written()
             with conn.transaction():
-                refused = self._split(conn, list(range(len(rows))), rows)
+                refused = self._split(conn, list(range(len(rows))), rows, written)
                 if refused:
                     for i, error in refused:
                         m, index = origins[i]
                         self._dead_letter(messages[m], REFUSED, error, index,
                                           dict(zip(self.spec.columns, rows[i], strict=True)))
                     self._flush_dead_letters()
+                    self.metrics.dead_letter(REFUSED, len(refused))
                 self._store_offsets(conn, next_offsets)
+                body_done = time.monotonic()
+            self._observe_write(written, started, body_done)
             return len(refused)
         except _CONNECTION_ERRORS as exc:
             raise DatabaseDown(_one_line(exc)) from exc
 
-    def _split(self, conn: psycopg.Connection[Any], idx: list[int], rows: list[Row]
-               ) -> list[tuple[int, str]]:
+    def _observe_write(self, written: _Written, started: float, body_done: float) -> None:
+        """A committed transaction into the metrics (writer thread; once per batch)."""
+        m = self.metrics
+        done = time.monotonic()
+        m.postgres_commit_seconds.observe(done - body_done)
+        m.batch_seconds.observe(done - started)
+        m.copy_seconds.observe(written.copy_s)
+        m.inserted.inc(written.inserted)
+        m.updated.inc(written.updated)
+        m.older.inc(written.older)
+
+    def _split(self, conn: psycopg.Connection[Any], idx: list[int], rows: list[Row],
+               written: _Written) -> list[tuple[int, str]]:
         try:
             with conn.transaction():  # a savepoint
-                self._apply(conn, [rows[i] for i in idx], direct=False, clear=True)
+                part = self._apply(conn, [rows[i] for i in idx], direct=False, clear=True)
+            written.add(part)
             return []
         except _REFUSALS as exc:
             if conn.closed or conn.broken:
@@ -659,7 +794,8 @@ class SinkRuntime:
             if len(idx) == 1:
                 return [(idx[0], self._refusal_text(conn, rows[idx[0]], exc))]
         half = len(idx) // 2
-        return self._split(conn, idx[:half], rows) + self._split(conn, idx[half:], rows)
+        return (self._split(conn, idx[:half], rows, written)
+                + self._split(conn, idx[half:], rows, written))
 
     def _refusal_text(self, conn: psycopg.Connection[Any], row: Row, exc: BaseException) -> str:
         """PostgreSQL's own words for the refused row: a value the binary format cannot
@@ -676,11 +812,14 @@ class SinkRuntime:
         return _one_line(exc)
 
     def _apply(self, conn: psycopg.Connection[Any], rows: list[Row], direct: bool,
-               clear: bool = False) -> None:
+               clear: bool = False) -> _Written:
         """COPY and merge ``rows`` (one per key) inside the caller's transaction; ``clear``
-        empties the temporary table after the merge (several merges in one transaction)."""
+        empties the temporary table after the merge (several merges in one transaction).
+        Returns what happened to the rows, should the transaction commit."""
+        written = _Written()
         if not rows:
-            return
+            return written
+        started = time.monotonic()
         sql = self._sql
         merge = rows
         new: list[Row] = []
@@ -691,6 +830,7 @@ class SinkRuntime:
                 copy.set_types(sql.types)
                 for row in new:
                     copy.write_row(row)
+            written.inserted = len(new)
         if merge:
             with conn.cursor() as cur:
                 with cur.copy(sql.copy_tmp) as copy:
@@ -698,9 +838,15 @@ class SinkRuntime:
                     for row in merge:
                         copy.write_row(row)
                 cur.execute(sql.merge, prepare=True)
+                inserted, changed = cur.fetchone() or (0, 0)
+                written.inserted += inserted
+                written.updated += changed - inserted
+                written.older += len(merge) - changed
                 if clear:
                     cur.execute(sql.clear_tmp)
         self._remember_high(rows)
+        written.copy_s = time.monotonic() - started
+        return written
 
     def _split_new(self, conn: psycopg.Connection[Any], rows: list[Row]
                    ) -> tuple[list[Row], list[Row]]:
@@ -778,7 +924,9 @@ class SinkRuntime:
         if reason == REFUSED:
             log.warning("%s refused by PostgreSQL, sent to %s: %s (%s[%d] offset %d index %s)",
                         self.spec.name, self.settings.topics.dead_letter, detail, msg.topic(),
-                        msg.partition(), msg.offset(), index)
+                        msg.partition(), msg.offset(), index,
+                        extra={"partition": msg.partition(),
+                               "symbol": (msg.key() or b"").decode("utf-8", "replace")})
         while True:
             try:
                 self.dlq.produce(self.settings.topics.dead_letter, key=dead_letter_key(record),
@@ -791,6 +939,31 @@ class SinkRuntime:
         remaining = self.dlq.flush(30)
         if remaining:
             raise RuntimeError(f"{remaining} dead letters not acknowledged by Kafka")
+
+
+class _DatabaseProbe:
+    """Whether PostgreSQL answers now, asked for /readyz from the endpoints' thread: a
+    connection of its own (the sink's belongs to its writer thread), a ``SELECT 1``,
+    and the answer kept for a second, so frequent probes cost the server nothing."""
+
+    def __init__(self, url: str, keep_s: float = 1.0) -> None:
+        self.url = url
+        self.keep_s = keep_s
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._problem: str | None = None
+
+    def problem(self) -> str | None:
+        with self._lock:
+            if time.monotonic() - self._at >= self.keep_s:
+                try:
+                    with psycopg.connect(self.url, connect_timeout=2) as conn:
+                        conn.execute("SELECT 1")
+                    self._problem = None
+                except psycopg.Error as exc:
+                    self._problem = _one_line(exc)
+                self._at = time.monotonic()
+            return self._problem
 
 
 class _Sql:
@@ -823,9 +996,13 @@ class _Sql:
             guard = (f" WHERE {t}.{vo} IS NULL OR EXCLUDED.{vo} IS NULL"
                      f" OR {t}.{vp} IS DISTINCT FROM EXCLUDED.{vp}"
                      f" OR EXCLUDED.{vo} >= {t}.{vo}")
-        self.merge = (f"INSERT INTO {spec.table} ({insert_cols}) SELECT {select_cols} FROM {tmp} "
+        # Returns (rows inserted, rows inserted or updated): a row the guard keeps is
+        # not returned, and xmax is 0 only in a row this statement inserted.
+        self.merge = (f"WITH merged AS (INSERT INTO {spec.table} ({insert_cols}) "
+                      f"SELECT {select_cols} FROM {tmp} "
                       f"ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {', '.join(updates)}"
-                      f"{guard}")
+                      f"{guard} RETURNING (xmax = 0) AS inserted) "
+                      "SELECT count(*) FILTER (WHERE inserted), count(*) FROM merged")
         series = spec.key[:-1]
         last = spec.key[-1]
         arrays = ", ".join(f"%s::{spec.types[spec.index(c)]}[]" for c in series)

@@ -18,6 +18,13 @@ from consumers.candle_sink import CANDLES
 from consumers.dom_sinks import DOM_METRICS, MARKET_DEPTH
 from consumers.runtime import SinkRuntime, SinkSpec, SinkStats
 from consumers.sentiment_sinks import SENTIMENT_DATA, SENTIMENT_METRICS
+from pipeline.observability.health import Health, serve
+from pipeline.observability.metrics import (
+    SINK_METRICS_PORT,
+    SinkMetrics,
+    TableMetrics,
+    new_registry,
+)
 from pipeline.settings import Settings
 
 log = logging.getLogger("fxstream.sink")
@@ -58,8 +65,26 @@ def run_sinks(settings: Settings, tables: tuple[str, ...] = DEFAULT_TABLES
               ) -> dict[str, SinkStats]:
     """Run the sinks of ``tables`` until SIGTERM or SIGINT: one alone on this thread,
     several each on a thread of its own (the runtime keeps every consumer call of a
-    sink on that sink's thread)."""
-    sinks = {t: SinkRuntime(SINKS[t][0], sink_settings(t, settings)) for t in tables}
+    sink on that sink's thread). One metrics and health endpoint serves them all."""
+    registry = new_registry()
+    metrics = SinkMetrics.build(registry)
+    health = Health(settings.health_stale_s)
+    health.bind(metrics.common)
+    sinks = {t: SinkRuntime(SINKS[t][0], sink_settings(t, settings), TableMetrics.of(metrics, t),
+                            health.heartbeat(f"{t} sink poll loop")) for t in tables}
+    health.checks.extend(s.readiness for s in sinks.values())
+    port = SINK_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
+    endpoints = serve(registry, health, settings.metrics_host, port, "sink")
+    try:
+        for s in sinks.values():
+            s.metrics_url = endpoints.url if endpoints is not None else None
+        return _run(sinks, tables)
+    finally:
+        if endpoints is not None:
+            endpoints.close()
+
+
+def _run(sinks: dict[str, SinkRuntime], tables: tuple[str, ...]) -> dict[str, SinkStats]:
     if len(sinks) == 1:
         (only,) = sinks.values()
         only.install_signal_handlers()

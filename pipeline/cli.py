@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.logs import setup_logging
+from pipeline.redact import redact
 from pipeline.settings import Settings, SettingsError, load_settings
 from pipeline.stack import EmbeddedStack, StackError, server_versions
+
+if TYPE_CHECKING:
+    from pipeline.observability.scrape import Throughput
 
 app = typer.Typer(help="fxstream: FX ticks in, candles out, through Kafka and PostgreSQL.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -60,14 +64,6 @@ def embedded_stack(settings: Settings) -> EmbeddedStack:
     return EmbeddedStack(settings.state_dir.resolve(), settings.kafka_port, settings.postgres_port)
 
 
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 # --- stack -----------------------------------------------------------------------------------
 
 
@@ -86,6 +82,7 @@ def stack_fetch(ctx: typer.Context) -> None:
 def stack_up(ctx: typer.Context) -> None:
     """Start Kafka and PostgreSQL (or do nothing if KAFKA_BOOTSTRAP and DATABASE_URL are set)."""
     settings = settings_of(ctx)
+    setup_logging(settings, "stack")
     if settings.external_stack:
         console.print("KAFKA_BOOTSTRAP and DATABASE_URL are set: using that Kafka and PostgreSQL; "
                       "nothing to start.")
@@ -137,18 +134,8 @@ def stack_status(ctx: typer.Context) -> None:
     versions = server_versions(settings.kafka_bootstrap, settings.database_url,
                                stack.state_dir)
     table.add_row("Kafka", settings.kafka_bootstrap, f"metadata.version {versions.kafka}")
-    table.add_row("PostgreSQL", _redact(settings.database_url), versions.postgres)
+    table.add_row("PostgreSQL", redact(settings.database_url), versions.postgres)
     console.print(table)
-
-
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 # --- topics and db -----------------------------------------------------------------------------
@@ -179,7 +166,9 @@ def db_migrate(ctx: typer.Context) -> None:
     """Bring the PostgreSQL schema to the newest revision (idempotent)."""
     from pipeline.db.migrate import migrate
 
-    before, after = migrate(settings_of(ctx))
+    settings = settings_of(ctx)
+    setup_logging(settings, "migrate")
+    before, after = migrate(settings)
     if before == after:
         console.print(f"database schema already at {after}")
     else:
@@ -198,16 +187,17 @@ def produce_replay(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Publish a tick CSV (symbol,ts_ms,bid,ask,volume) in file order, framed per symbol."""
-    from producers.csv_ticks import CsvHeaderError
+    from producers.csv_ticks import CsvHeaderError, count_symbols
     from producers.replay import parse_speed, replay_csv
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "producer")
     try:
         factor = parse_speed(speed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--speed") from None
     _ensure_topics(settings)
+    _refused_at_start(settings, count_symbols(file), "ticks")
     try:
         report = replay_csv(settings, file, speed=factor, frame_size=frame_size,
                             progress=progress)
@@ -217,6 +207,7 @@ def produce_replay(
     console.print(f"replayed {report.ticks} ticks in {report.messages} messages from "
                   f"{report.rows} rows in {report.seconds:.1f} s; {report.bad_rows} bad rows "
                   f"sent to {settings.topics.dead_letter}")
+    _refused_in_summary(report.refused, "ticks")
 
 
 @produce_app.command("synthetic")
@@ -235,18 +226,20 @@ def produce_synthetic(
     from producers.synthetic_run import run_synthetic
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "producer")
     try:
         names = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] or list(
             settings.symbols)
     except SymbolError as exc:
         raise typer.BadParameter(str(exc), param_hint="--symbols") from None
     _ensure_topics(settings)
+    _refused_at_start(settings, names, "ticks")
     report = run_synthetic(settings, names, rate=rate, duration_s=duration or None, count=count,
                            seed=seed, paced=not max_speed, frame_size=frame_size,
                            live_time=not max_speed)
     console.print(f"published {report.ticks} ticks in {report.messages} messages in "
                   f"{report.seconds:.1f} s ({report.ticks / max(report.seconds, 1e-9):,.0f}/s)")
+    _refused_in_summary(report.refused, "ticks")
 
 
 @produce_app.command("dom-replay")
@@ -258,20 +251,22 @@ def produce_dom_replay(
     frame_size: Annotated[int | None, typer.Option(min=1, help="snapshots per message")] = None,
 ) -> None:
     """Publish recorded book snapshots (JSON lines) in file order, framed per symbol."""
-    from producers.dom_replay import replay_dom
+    from producers.dom_replay import count_symbols, replay_dom
     from producers.replay import parse_speed
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "producer")
     try:
         factor = parse_speed(speed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--speed") from None
     _ensure_topics(settings)
+    _refused_at_start(settings, count_symbols(file), "snapshots")
     report = replay_dom(settings, file, speed=factor, frame_size=frame_size)
     console.print(f"replayed {report.snapshots} snapshots in {report.messages} messages from "
                   f"{report.lines} lines in {report.seconds:.1f} s; {report.rejected} rejected "
                   f"to {settings.topics.dead_letter}")
+    _refused_in_summary(report.refused, "snapshots")
 
 
 @produce_app.command("dom-synthetic")
@@ -292,18 +287,20 @@ def produce_dom_synthetic(
     from producers.synthetic_book import run_synthetic_books
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "producer")
     try:
         names = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] or list(
             settings.symbols)
     except SymbolError as exc:
         raise typer.BadParameter(str(exc), param_hint="--symbols") from None
     _ensure_topics(settings)
+    _refused_at_start(settings, names, "snapshots")
     report = run_synthetic_books(settings, names, rate=rate, duration_s=duration or None,
                                  count=count, seed=seed, paced=not max_speed,
                                  frame_size=frame_size, live_time=not max_speed, levels=levels)
     console.print(f"published {report.snapshots} snapshots in {report.messages} messages in "
                   f"{report.seconds:.1f} s")
+    _refused_in_summary(report.refused, "snapshots")
 
 
 @produce_app.command("sentiment-replay")
@@ -316,16 +313,18 @@ def produce_sentiment_replay(
                           ] = None,
 ) -> None:
     """Publish recorded positioning observations (CSV) in file order, framed per symbol."""
+    from producers.csv_ticks import count_symbols
     from producers.replay import parse_speed
     from producers.sentiment_replay import CsvHeaderError, replay_sentiment
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "producer")
     try:
         factor = parse_speed(speed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--speed") from None
     _ensure_topics(settings)
+    _refused_at_start(settings, count_symbols(file), "observations")
     try:
         report = replay_sentiment(settings, file, speed=factor, frame_size=frame_size)
     except CsvHeaderError as exc:
@@ -334,6 +333,7 @@ def produce_sentiment_replay(
     console.print(f"replayed {report.observations} observations in {report.messages} "
                   f"messages from {report.lines} lines in {report.seconds:.1f} s; "
                   f"{report.rejected} rejected to {settings.topics.dead_letter}")
+    _refused_in_summary(report.refused, "observations")
 
 
 @produce_app.command("sentiment-synthetic")
@@ -355,7 +355,7 @@ def produce_sentiment_synthetic(
     from producers.synthetic_sentiment import run_synthetic_sentiment
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "producer")
     try:
         names = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] or list(
             settings.symbols)
@@ -366,12 +366,14 @@ def produce_sentiment_synthetic(
         raise typer.BadParameter(f"{providers!r}: 1 to 64 characters each, no control "
                                  "characters", param_hint="--providers")
     _ensure_topics(settings)
+    _refused_at_start(settings, names, "observations")
     report = run_synthetic_sentiment(settings, names, interval_s=interval,
                                      duration_s=duration or None, count=count, seed=seed,
                                      paced=not max_speed, live_time=not max_speed,
                                      providers=provider_names)
     console.print(f"published {report.observations} observations in {report.messages} "
                   f"messages in {report.seconds:.1f} s")
+    _refused_in_summary(report.refused, "observations")
 
 
 @produce_app.command("ctrader")
@@ -388,18 +390,18 @@ def produce_ctrader(
     from producers.kafka_io import DeliveryError
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    redactor = setup_logging(settings, "producer")
     try:
         credentials = load_credentials(settings.ctrader_secrets_file)
     except CredentialsError as exc:
-        err_console.print(f"[red]fxstream:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]fxstream:[/red] {redactor(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    redactor.watch(credentials.secrets)  # refreshed tokens included
     _ensure_topics(settings)
     try:
         report = run_ctrader(settings, credentials, duration_s=duration or None)
     except (CtraderFatal, DeliveryError) as exc:
-        err_console.print(f"[red]fxstream:[/red] {credentials.scrub(str(exc))}",
-                          highlight=False)
+        err_console.print(f"[red]fxstream:[/red] {redactor(str(exc))}", highlight=False)
         raise typer.Exit(3) from None
     console.print(f"published {report.ticks} ticks and {report.snapshots} DOM snapshots in "
                   f"{report.seconds:.1f} s over {report.connections} connections "
@@ -431,14 +433,19 @@ def ctrader_sim(
         help="MESSAGE=CODE[:N]: answer the first N (1) such requests with that error "
              "code (repeatable)")] = None,
     max_requests_per_s: Annotated[int, typer.Option(min=1)] = 50,
+    max_history_requests_per_s: Annotated[int | None, typer.Option(
+        min=1, help="refuse more historical requests a second (Spotware: 5)")] = None,
+    tick_history_from: Annotated[str | None, typer.Option(
+        help="no tick data before this instant (UTC date or time, or epoch ms)")] = None,
 ) -> None:
     """A local cTrader Open API server (TLS, auth with expiring tokens, symbols, spots,
     depth, history) driven by the synthetic generator. SIGUSR1 drops every connection."""
+    from pipeline.gaps import parse_instant
     from pipeline.symbols import SymbolError, normalize_symbol
     from simulators.ctrader.server import SimConfig, run_simulator
 
     settings = settings_of(ctx)
-    setup_logging(settings)
+    setup_logging(settings, "ctrader-sim")
     try:
         names = tuple(normalize_symbol(s) for s in symbols.split(",") if s.strip()) or tuple(
             settings.symbols)
@@ -456,7 +463,29 @@ def ctrader_sim(
         port=port, symbols=names, rate=rate, seed=seed, live_time=not historic, count=count,
         token_ttl_s=token_ttl, depth=depth, drop_after=tuple(drop_after or ()),
         slow_accepts=slow_accepts, accept_delay_s=accept_delay, fail=failures,
-        max_requests_per_s=max_requests_per_s))
+        max_requests_per_s=max_requests_per_s,
+        max_history_requests_per_s=max_history_requests_per_s,
+        tick_history_from_ms=parse_instant(tick_history_from) if tick_history_from else 0))
+
+
+def _refused_at_start(settings: Settings, symbols: list[str] | dict[str, int], what: str
+                      ) -> None:
+    """Say, before anything is published, which symbols the worker will refuse:
+    ``symbols`` are the names a generator will produce, or a file's counts per symbol."""
+    from pipeline.symbols import not_accepted, refusal_note, refused_counts
+
+    refused = (refused_counts(symbols, settings.symbols) if isinstance(symbols, dict)
+               else not_accepted(symbols, settings.symbols))
+    if refused:
+        err_console.print(f"[yellow]fxstream:[/yellow] {refusal_note(refused, what)}",
+                          highlight=False)
+
+
+def _refused_in_summary(refused: dict[str, int], what: str) -> None:
+    from pipeline.symbols import refusal_note
+
+    if refused:
+        console.print(refusal_note(refused, what), highlight=False)
 
 
 def _ensure_topics(settings: Settings) -> None:
@@ -468,13 +497,22 @@ def _ensure_topics(settings: Settings) -> None:
 # --- worker, sink, status ------------------------------------------------------------------------
 
 
+MetricsPortOption = Annotated[int | None, typer.Option(
+    min=0, max=65535, help="port of /metrics, /healthz and /readyz (0: none; default "
+    "FXSTREAM_METRICS_PORT, else 9464 for the worker, 9465 for the sink)")]
+
+
+def with_metrics_port(settings: Settings, port: int | None) -> Settings:
+    return settings if port is None else settings.model_copy(update={"metrics_port": port})
+
+
 @app.command("worker")
-def worker(ctx: typer.Context) -> None:
+def worker(ctx: typer.Context, metrics_port: MetricsPortOption = None) -> None:
     """Run the Faust worker (candle agent). Scale out by starting more with the same settings."""
     from pipeline.runtime.run import run_worker
 
-    settings = settings_of(ctx).require_connections()
-    setup_logging(settings)
+    settings = with_metrics_port(settings_of(ctx).require_connections(), metrics_port)
+    setup_logging(settings, "worker")
     run_worker(settings)
 
 
@@ -485,6 +523,7 @@ def sink(
         help="comma-separated tables to write: market_data_candles, dom_metrics, "
              "market_depth, sentiment_metrics, sentiment_data, or all")
     ] = "market_data_candles",
+    metrics_port: MetricsPortOption = None,
 ) -> None:
     """Run the PostgreSQL sinks of the chosen tables (candles by default), several on
     threads of one process. Scale out by starting more."""
@@ -494,8 +533,8 @@ def sink(
         tables = parse_tables(table)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--table") from None
-    settings = settings_of(ctx).require_connections()
-    setup_logging(settings)
+    settings = with_metrics_port(settings_of(ctx).require_connections(), metrics_port)
+    setup_logging(settings, "sink")
     for name, stats in run_sinks(settings, tables).items():
         prefix = "sink" if len(tables) == 1 else f"{name} sink"
         console.print(f"{prefix} stopped: {stats.rows} rows in {stats.batches} batches")
@@ -504,29 +543,46 @@ def sink(
 @app.command("status")
 def status(ctx: typer.Context) -> None:
     """The worker and sink processes of this state directory and what they wait for,
-    per-partition lag of both groups, and the newest bar per symbol."""
+    what they counted and their per-partition lag (from their /metrics; from Kafka for
+    a group no running process reports), and the newest bar per symbol."""
     from datetime import UTC, datetime
 
     from confluent_kafka import KafkaException
 
     from pipeline.monitor import group_lag, newest_bars
+    from pipeline.observability.scrape import endpoints, lag_rows, scrape_all, throughput
     from pipeline.process_status import read_statuses
 
     settings = settings_of(ctx).require_connections()
+    statuses = read_statuses(settings.state_dir)
+    scrapes = scrape_all(endpoints(statuses))
     procs = Table(title=f"processes ({settings.state_dir / 'status'})")
     for col in ("service", "pid", "state", "waiting for", "since (UTC)", "detail"):
         procs.add_column(col)
-    for rec in read_statuses(settings.state_dir):
+    for rec in statuses:
         since = datetime.fromtimestamp(rec.get("at_ms", 0) / 1000, UTC).strftime("%H:%M:%S")
         procs.add_row(rec.get("service", "?"), str(rec.get("pid", "")), rec["state"],
-                      rec.get("waiting_for", ""), since, str(rec.get("error", ""))[:80])
+                      rec.get("waiting_for", ""), since, redact(str(rec.get("error", "")))[:80])
     console.print(procs)
+    _print_throughput([row for url, samples in scrapes.items()
+                       for row in throughput(url, samples)])
+    from_metrics = lag_rows(scrapes.values())
+    if from_metrics:
+        table = Table(title="lag per partition (the processes' /metrics)")
+        for col in ("group", "topic", "partition", "lag"):
+            table.add_column(col, justify="right" if col in ("partition", "lag") else "left")
+        for r in from_metrics:
+            table.add_row(r.group, r.topic, str(r.partition), str(r.lag))
+        console.print(table)
+    reported = {(r.group, r.topic) for r in from_metrics}
     for group, topic, always in _status_groups(settings):
+        if (group, topic) in reported:
+            continue  # shown above
         try:
             lags = group_lag(settings, group, topic)
         except KafkaException as exc:
             err_console.print(f"[red]Kafka at {settings.kafka_bootstrap} did not answer:[/red] "
-                              f"{exc.args[0]}", highlight=False)
+                              f"{redact(str(exc.args[0]))}", highlight=False)
             break
         if not always and not any(row.committed for row in lags):
             continue  # a stream nothing has consumed yet (e.g. no DOM producer runs)
@@ -543,13 +599,29 @@ def status(ctx: typer.Context) -> None:
     try:
         newest = newest_bars(settings)
     except Exception as exc:  # psycopg's errors: unreachable, or no schema yet
-        err_console.print(f"[red]PostgreSQL did not answer:[/red] {' '.join(str(exc).split())}",
+        err_console.print(f"[red]PostgreSQL did not answer:[/red] "
+                          f"{redact(' '.join(str(exc).split()))}",
                           highlight=False)
         return
     for b in newest:
         bars.add_row(b["symbol"], b["opened"], *(f"{b[k]:.5f}" for k in
                      ("open", "high", "low", "close")), str(b["tick_volume"]), str(b["complete"]))
     console.print(bars)
+
+
+def _print_throughput(rows: list[Throughput]) -> None:
+    """What each agent and table counted since its process started (pipeline.observability)."""
+    if not rows:
+        return
+    table = Table(title="counted since start (the processes' /metrics)")
+    for col in ("process", "agent or table", "records in", "records or rows out",
+                "dead letters"):
+        table.add_column(col, justify="left" if col in ("process", "agent or table") else
+                          "right")
+    for r in rows:
+        table.add_row(f"{r.kind} {r.url.removeprefix('http://')}", r.name, f"{r.records_in:,}",
+                      f"{r.records_out:,}", f"{r.dead_letters:,}")
+    console.print(table)
 
 
 def _status_groups(settings: Settings) -> list[tuple[str, str, bool]]:
@@ -622,7 +694,7 @@ def bench(
         if any(t < floor for t in timeouts):
             raise typer.BadParameter(f"{failover_timeouts}: the broker's group.min.session."
                                      f"timeout.ms is {floor:g} s", param_hint="--failover-timeouts")
-    setup_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    setup_logging(settings.model_copy(update={"log_level": "WARNING"}), "bench")
     workdir = (settings.state_dir / "bench").resolve()
     result = run_all(settings, ticks=ticks, symbol_count=symbols, frame_size=frame_size,
                      seed=seed, workdir=workdir, log=lambda m: err_console.print(m),
@@ -655,8 +727,51 @@ def demo(
                                  param_hint="--source")
     stack_up(ctx)
     settings = settings_of(ctx).require_connections()
+    setup_logging(settings, "demo")
     run_demo(settings, rate=rate, symbol_count=symbols, console=console, duration_s=duration,
              source=source)
+
+
+# --- gaps and backfill --------------------------------------------------------------------------
+
+SymbolsOption = Annotated[str | None, typer.Option(
+    "--symbols", help="comma-separated; default: the configured symbols")]
+FromOption = Annotated[str, typer.Option(
+    "--from", help="UTC: 2024-03-04, 2024-03-04T10:30, or epoch ms (an offset may be given)")]
+ToOption = Annotated[str | None, typer.Option("--to", help="like --from; default: now")]
+
+
+@app.command("gaps")
+def gaps(
+    ctx: typer.Context, from_: FromOption, to: ToOption = None, symbols: SymbolsOption = None,
+    timeframe: Annotated[str, typer.Option(help="bar timeframe to check")] = "1m",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """Missing bars in PostgreSQL, as ranges, outside the FX weekend and the holidays."""
+    from pipeline.gaps_cli import show_gaps
+
+    show_gaps(settings_of(ctx).require_connections(), symbols, timeframe, from_, to, as_json,
+              console)
+
+
+@app.command("backfill")
+def backfill(
+    ctx: typer.Context, from_: FromOption, to: ToOption = None, symbols: SymbolsOption = None,
+    gaps_only: Annotated[bool, typer.Option(
+        "--gaps-only", help="only the gaps `fxstream gaps` finds, for every timeframe")] = False,
+    timeframes: Annotated[str | None, typer.Option(
+        help="comma-separated; default: the configured timeframes")] = None,
+) -> None:
+    """Fill bars from cTrader history (tick data, else M1 trendbars), resumably.
+
+    Credentials as for `fxstream produce ctrader`."""
+    from pipeline.gaps_cli import run_backfill_command
+
+    redactor = setup_logging(settings_of(ctx), "backfill")
+    code = run_backfill_command(settings_of(ctx).require_connections(), symbols, from_, to,
+                                gaps_only, timeframes, console, err_console, redactor)
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:
@@ -665,10 +780,17 @@ def main() -> None:
     try:
         app()
     except (SettingsError, StackError, DatabaseError, ConnectionError) as exc:
-        err_console.print(f"[red]fxstream:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]fxstream:[/red] {redact(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception:
+        # Python's own handler would print the traceback as it is; error texts of
+        # libraries may hold a connection string.
+        import traceback
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -25,15 +24,16 @@ from rich.table import Table
 from pipeline.demo_dom import newest_dom, start_books
 from pipeline.demo_sentiment import newest_sentiment, start_positioning
 from pipeline.monitor import total_lag
-from pipeline.settings import Settings
+from pipeline.observability.metrics import WORKER_METRICS_PORT
+from pipeline.private_files import write_private
+from pipeline.settings import Settings, settings_yaml
 
 
 def _spawn(settings: Settings, command: str, log_dir: Path, *args: str, name: str | None = None
            ) -> tuple[subprocess.Popen[bytes], Path]:
     log_dir.mkdir(parents=True, exist_ok=True)
     config = log_dir / "demo-settings.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json",
-                                                         exclude={"external_stack"})))
+    write_private(config, settings_yaml(settings))
     log = log_dir / f"{name or command}.log"
     exe = Path(sys.executable).with_name("fxstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
@@ -41,6 +41,52 @@ def _spawn(settings: Settings, command: str, log_dir: Path, *args: str, name: st
         proc = subprocess.Popen([*cmd, "--config", str(config), command, *args], stdout=handle,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
+
+
+def stack_still_running(settings: Settings) -> str | None:
+    """What to tell the user when the demo stops: the embedded Kafka and PostgreSQL it
+    started keep running (and keep their data) until `fxstream stack down`."""
+    if settings.external_stack:
+        return None
+    state_dir = settings.state_dir
+    if state_dir == Settings.model_fields["state_dir"].default:
+        command = "`fxstream stack down` (or `make stack-down`)"
+    else:
+        command = f"`FXSTREAM_STATE_DIR={state_dir} fxstream stack down`"
+    return (f"Kafka and PostgreSQL are still running (their data stays in {state_dir}); "
+            f"stop them with {command}.")
+
+
+def demo_metrics_ports(settings: Settings) -> tuple[int, int, int, int]:
+    """The metrics ports of the demo's worker and its candle, DOM and sentiment sinks:
+    9464 to 9467, or from FXSTREAM_METRICS_PORT on; all 0 (none) when it is 0."""
+    base = WORKER_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
+    if base == 0:
+        return (0, 0, 0, 0)
+    return (base, base + 1, base + 2, base + 3)
+
+
+def live_lag(settings: Settings, pids: set[int]) -> tuple[int | str, int | str]:
+    """The worker's lag on the ticks and the candle sink's on the candles: from the
+    /metrics of the processes ``pids`` (found in their status files), else from Kafka."""
+    from pipeline.observability.scrape import endpoints, lag_rows, scrape_all
+    from pipeline.observability.scrape import total_lag as reported_lag
+    from pipeline.process_status import read_statuses
+
+    running = [r for r in read_statuses(settings.state_dir) if r.get("pid") in pids]
+    rows = lag_rows(scrape_all(endpoints(running), timeout_s=1.0).values())
+    out: list[int | str] = []
+    for group, topic in ((settings.worker_group, settings.topics.ticks),
+                         (settings.sink_group, settings.topics.candles)):
+        lag = reported_lag(rows, group, topic)
+        if lag is None:
+            try:
+                lag = total_lag(settings, group, topic)
+            except Exception:  # Kafka did not answer either
+                out.append("?")
+                continue
+        out.append(lag)
+    return out[0], out[1]
 
 
 def _bars(settings: Settings, symbols: list[str]) -> dict[str, dict[str, Any]]:
@@ -116,13 +162,14 @@ def run_demo(settings: Settings, rate: float, symbol_count: int, console: Consol
     symbols = list(settings.symbols[:symbol_count])
     migrate(settings)
     log_dir = settings.state_dir / "logs"
-    worker, worker_log = _spawn(settings, "worker", log_dir)
-    sink, sink_log = _spawn(settings, "sink", log_dir)
+    ports = [str(p) for p in demo_metrics_ports(settings)]
+    worker, worker_log = _spawn(settings, "worker", log_dir, "--metrics-port", ports[0])
+    sink, sink_log = _spawn(settings, "sink", log_dir, "--metrics-port", ports[1])
     dom_sink, dom_log = _spawn(settings, "sink", log_dir, "--table", "dom_metrics,market_depth",
-                               name="dom-sink")
+                               "--metrics-port", ports[2], name="dom-sink")
     sentiment_sink, sentiment_log = _spawn(settings, "sink", log_dir, "--table",
                                            "sentiment_metrics,sentiment_data",
-                                           name="sentiment-sink")
+                                           "--metrics-port", ports[3], name="sentiment-sink")
     console.print(f"worker log: {worker_log}\nsink log: {sink_log}\n"
                   f"sentiment sink log: {sentiment_log}")
 
@@ -165,12 +212,7 @@ def run_demo(settings: Settings, rate: float, symbol_count: int, console: Consol
                                         ("sentiment sink", sentiment_sink, sentiment_log)):
                     if proc.poll() is not None:
                         raise RuntimeError(f"the {name} exited ({proc.returncode}); see {log}")
-                try:
-                    lag: tuple[int | str, int | str] = (
-                        total_lag(settings, settings.worker_group, settings.topics.ticks),
-                        total_lag(settings, settings.sink_group, settings.topics.candles))
-                except Exception:
-                    lag = ("?", "?")
+                lag = live_lag(settings, {worker.pid, sink.pid})
                 live.update(_view(settings, symbols, produced[0], started, lag,
                                   newest_sentiment(settings, symbols),
                                   newest_dom(settings, symbols)))
@@ -200,4 +242,7 @@ def run_demo(settings: Settings, rate: float, symbol_count: int, console: Consol
                       f"stopped: worker exit {worker.returncode}, sink exit {sink.returncode}, "
                       f"DOM sink exit {dom_sink.returncode}, "
                       f"sentiment sink exit {sentiment_sink.returncode}")
+        note = stack_still_running(settings)
+        if note:
+            console.print(note, highlight=False)
     return produced[0]

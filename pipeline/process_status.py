@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.redact import redact
 from pipeline.stack.process import pid_alive
 
 
@@ -23,7 +24,9 @@ def status_file(state_dir: Path, service: str, pid: int | None = None) -> Path:
 
 
 def write_status(state_dir: Path, service: str, state: str, **extra: Any) -> None:
-    """Record this process's state; never fails the caller (the file is informational)."""
+    """Record this process's state; never fails the caller (the file is informational).
+    Text values (an error's message) are redacted: `fxstream status` shows them."""
+    extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
     path = status_file(state_dir, service)
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)

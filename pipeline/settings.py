@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.core.timeframes import parse_timeframe
+from pipeline.redact import redact
 from pipeline.symbols import SymbolError, normalize_symbol
 
 DEFAULT_SYMBOLS: tuple[str, ...] = (
@@ -57,6 +59,10 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_KAFKA_PORT": "kafka_port",
     "FXSTREAM_POSTGRES_PORT": "postgres_port",
     "FXSTREAM_LOG_LEVEL": "log_level",
+    "FXSTREAM_METRICS_HOST": "metrics_host",
+    "FXSTREAM_METRICS_PORT": "metrics_port",
+    "FXSTREAM_HEALTH_STALE_S": "health_stale_s",
+    "FXSTREAM_LOG_FORMAT": "log_format",
     "FXSTREAM_CTRADER_ENVIRONMENT": "ctrader_environment",
     "FXSTREAM_CTRADER_HOST": "ctrader_host",
     "FXSTREAM_CTRADER_PORT": "ctrader_port",
@@ -84,9 +90,11 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_SENTIMENT_BEARISH_BELOW": "sentiment_bearish_below",
     "FXSTREAM_SENTIMENT_ORDERFLOW": "sentiment_orderflow",
     "FXSTREAM_SENTIMENT_ORDERBOOK": "sentiment_orderbook",
+    "FXSTREAM_MARKET_HOLIDAYS": "market_holidays",
+    "FXSTREAM_BACKFILL_CHUNK_MINUTES": "backfill_chunk_minutes",
 }
 
-LIST_FIELDS = {"symbols", "timeframes", "dom_timeframes"}
+LIST_FIELDS = {"symbols", "timeframes", "dom_timeframes", "market_holidays"}
 
 
 class SettingsError(ValueError):
@@ -202,6 +210,16 @@ class Settings(BaseModel):
     # larger than this go out as several frames.
     max_state_bytes: int = Field(900_000, ge=256, le=100_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Prometheus metrics, /healthz and /readyz (pipeline.observability) on one port per
+    # process. None: 9464 for the worker, 9465 for the sink; 0: none served.
+    metrics_host: str = Field("127.0.0.1", min_length=1)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    health_stale_s: float = Field(30.0, gt=0, le=3600,
+                                  description="/healthz fails when a loop has not beaten "
+                                              "for this long")
+    # human: "time LEVEL logger: message" lines; json: one JSON object per line (time, level,
+    # logger, message, service, and partition and symbol when a line is about one).
+    log_format: Literal["human", "json"] = "human"
 
     # cTrader Open API producer. Credentials are not settings: they come from the
     # environment or the secrets file named here (producers/ctrader/credentials.py).
@@ -223,6 +241,13 @@ class Settings(BaseModel):
     ctrader_depth_throttle_ms: int = Field(250, ge=0, le=60_000,
                                            description="least time between two snapshots "
                                                        "of one symbol")
+
+    # Gap detection and backfill (pipeline/gaps.py, producers/ctrader/backfill.py).
+    # Trading days (New York dates; day D runs from D-1 17:00 to D 17:00 New York time)
+    # on which the FX market is closed, besides the weekend.
+    market_holidays: tuple[date, ...] = ()
+    backfill_chunk_minutes: int = Field(1440, ge=1, le=7 * 1440,
+                                        description="history fetched and written per step")
 
     # True when the connections came from the environment or the YAML file, not from
     # the embedded stack's connection file: commands then start nothing themselves.
@@ -303,6 +328,22 @@ class Settings(BaseModel):
             raise ValueError("DOM timeframes repeat")
         return tuple(sorted(names, key=lambda n: parse_timeframe(n).ms))
 
+    @field_validator("market_holidays", mode="before")
+    @classmethod
+    def _holiday_dates(cls, value: Any) -> tuple[date, ...]:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        out: set[date] = set()
+        for raw in value or ():
+            if isinstance(raw, date):
+                out.add(raw)
+                continue
+            try:
+                out.add(date.fromisoformat(str(raw).strip()))
+            except ValueError:
+                raise ValueError(f"holiday {raw!r} is not a date YYYY-MM-DD") from None
+        return tuple(sorted(out))
+
     @model_validator(mode="after")
     def _sentiment_thresholds_ordered(self) -> Settings:
         if self.sentiment_contrarian_low > self.sentiment_contrarian_high:
@@ -368,8 +409,9 @@ def _format_error(exc: ValidationError, source: str) -> SettingsError:
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "settings"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"setting {field!r}: {msg} (got {err.get('input')!r})")
+        msg = redact(err["msg"].removeprefix("Value error, "))
+        # The input is echoed so the user sees what was read, never with its secrets.
+        lines.append(f"setting {field!r}: {msg} (got {redact(repr(err.get('input')))})")
     return SettingsError(f"bad settings from {source}:\n  " + "\n  ".join(lines))
 
 
@@ -416,3 +458,13 @@ def load_settings(
         return Settings(**values)
     except ValidationError as exc:
         raise _format_error(exc, ", ".join(sources) or "defaults") from None
+
+
+def settings_yaml(settings: Settings) -> str:
+    """The settings as a YAML file for a child process (``--config``). The embedded
+    stack's connections are left out, the child reads them from the connection file, so
+    the database password is kept in that file only; write the YAML with
+    pipeline.private_files.write_private all the same."""
+    exclude = {"external_stack"} if settings.external_stack else {
+        "external_stack", "kafka_bootstrap", "database_url"}
+    return yaml.safe_dump(settings.model_dump(mode="json", exclude=exclude))

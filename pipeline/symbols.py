@@ -8,6 +8,7 @@ Pairs written in any of the usual spellings ("EURUSD", "eur/usd", "EUR-USD",
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 MAX_SYMBOL_LENGTH = 32
@@ -50,3 +51,39 @@ def base_and_quote(symbol: str) -> tuple[str, str]:
     if not sep:
         raise SymbolError(f"{symbol!r} is not a currency pair")
     return base, quote
+
+
+def not_accepted(symbols: Iterable[str], accepted: Collection[str]) -> list[str]:
+    """The canonical symbols among ``symbols`` that the configuration does not accept, in
+    order of first appearance (the worker dead-letters their items as unknown_symbol)."""
+    out: list[str] = []
+    for symbol in symbols:
+        if symbol not in accepted and symbol not in out:
+            out.append(symbol)
+    return out
+
+
+def refusal_note(refused: Mapping[str, int] | Sequence[str], what: str) -> str:
+    """One sentence for a producer's start and summary: how many items of which symbols
+    the worker refuses, and which setting accepts them. ``refused`` maps symbols to
+    counts, or lists symbols whose count is not known yet."""
+    if isinstance(refused, Mapping):
+        names = ", ".join(f"{s} ({n:,})" for s, n in
+                          sorted(refused.items(), key=lambda kv: (-kv[1], kv[0])))
+        head = f"{sum(refused.values()):,} {what} of {names}"
+    else:
+        head = f"the {what} of {', '.join(refused)}"
+    return (f"{head} will be refused by the worker (dead letters with reason unknown_symbol): "
+            "the configuration does not accept these symbols; add them to the setting "
+            "`symbols` (FXSTREAM_SYMBOLS, or `symbols:` in the --config YAML) to accept them")
+
+
+def refused_counts(counts: Mapping[str, int], accepted: Collection[str]) -> dict[str, int]:
+    """The part of ``counts`` (canonical symbol -> items) the configuration refuses."""
+    return {s: n for s, n in counts.items() if s not in accepted}
+
+
+def count_refused(refused: dict[str, int], symbol: str, accepted: Collection[str]) -> None:
+    """Count one item of ``symbol`` in ``refused`` when the configuration refuses it."""
+    if symbol not in accepted:
+        refused[symbol] = refused.get(symbol, 0) + 1

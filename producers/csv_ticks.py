@@ -28,7 +28,7 @@ from pipeline.core.ticks import (
     valid_ts,
     valid_volume,
 )
-from pipeline.symbols import MAX_SYMBOL_LENGTH
+from pipeline.symbols import MAX_SYMBOL_LENGTH, SymbolError, normalize_symbol
 
 HEADER = ("symbol", "ts_ms", "bid", "ask", "volume")
 HEADER_LINE = ",".join(HEADER)
@@ -172,3 +172,22 @@ def count_data_lines(path: str | os.PathLike[str]) -> int:
     if last != b"\n":
         lines += 1
     return max(lines - 1, 0)
+
+
+def count_symbols(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Items per canonical symbol of a CSV whose first column is the symbol (tick and
+    positioning files), counted before a replay publishes anything; symbols that do not
+    normalize are left out (their lines are bad rows)."""
+    counts: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=False)
+        next(reader, None)
+        for fields in reader:
+            if not fields:
+                continue
+            try:
+                symbol = normalize_symbol(fields[0])
+            except SymbolError:
+                continue
+            counts[symbol] = counts.get(symbol, 0) + 1
+    return counts

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import orjson
 from pipeline.core.book import SnapshotError, parse_snapshot
 from pipeline.core.deadletters import dead_letter
 from pipeline.settings import Settings
+from pipeline.symbols import SymbolError, count_refused, normalize_symbol
 from producers.book_publisher import BookPublisher, snapshot_message
 
 log = logging.getLogger("fxstream.dom_replay")
@@ -36,6 +37,8 @@ class DomReplayReport:
     rejected: int = 0
     messages: int = 0
     seconds: float = 0.0
+    # snapshots published of symbols the configuration does not accept
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -46,6 +49,20 @@ def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
+def count_symbols(path: Path) -> dict[str, int]:
+    """Snapshots per canonical symbol, counted before a replay publishes anything; lines
+    that are not JSON objects with a symbol that normalizes are left out."""
+    counts: dict[str, int] = {}
+    for _, line in read_lines(path):
+        try:
+            value = orjson.loads(line)
+            symbol = normalize_symbol(value["symbol"])
+        except (orjson.JSONDecodeError, TypeError, KeyError, SymbolError):
+            continue
+        counts[symbol] = counts.get(symbol, 0) + 1
+    return counts
+
+
 def replay_dom(settings: Settings, path: Path, speed: float | None = None,
                frame_size: int | None = None) -> DomReplayReport:
     """Publish every valid snapshot; the others go to the dead-letter topic."""
@@ -54,6 +71,7 @@ def replay_dom(settings: Settings, path: Path, speed: float | None = None,
     started = time.monotonic()
     first_ts: int | None = None
     source = f"file:{path.name}"
+    accepted = frozenset(settings.symbols)
     for line_no, line in read_lines(path):
         report.lines += 1
         value: Any
@@ -68,7 +86,8 @@ def replay_dom(settings: Settings, path: Path, speed: float | None = None,
         except SnapshotError as exc:
             _reject(publisher, source, line_no, exc.reason, exc.detail, value)
             report.rejected += 1
-            log.warning("%s line %d: %s", path.name, line_no, exc)
+            log.warning("%s line %d: %s", path.name, line_no, exc,
+                        extra={"symbol": value.get("symbol") if isinstance(value, dict) else None})
             continue
         if speed is not None:
             first_ts = snap.ts_ms if first_ts is None else first_ts
@@ -78,6 +97,7 @@ def replay_dom(settings: Settings, path: Path, speed: float | None = None,
                 time.sleep(min(wait, 0.005))
         publisher.publish(snap.symbol, snapshot_message(snap))
         report.snapshots += 1
+        count_refused(report.refused, snap.symbol, accepted)
         if report.lines % 4096 == 0:
             publisher.tick()
     publisher.flush()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.deadletters import dead_letter
 from pipeline.settings import Settings
-from pipeline.symbols import SymbolError, normalize_symbol
+from pipeline.symbols import SymbolError, count_refused, normalize_symbol
 from producers.csv_ticks import RowError, count_data_lines, read_tick_csv
 from producers.kafka_io import TickPublisher
 
@@ -23,6 +23,8 @@ class ReplayReport:
     bad_rows: int = 0
     messages: int = 0
     seconds: float = 0.0
+    # ticks published of symbols the configuration does not accept (the worker refuses them)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def parse_speed(text: str) -> float | None:
@@ -51,6 +53,7 @@ def replay_csv(settings: Settings, path: Path, speed: float | None = None,
     first_ts: int | None = None
     source = f"file:{path.name}"
     total = count_data_lines(path)
+    accepted = frozenset(settings.symbols)
 
     bar = None
     if progress:
@@ -73,7 +76,8 @@ def replay_csv(settings: Settings, path: Path, speed: float | None = None,
             except SymbolError as exc:
                 _reject(publisher, source, line_no, str(exc), item, None)
                 report.bad_rows += 1
-                log.warning("%s line %d: %s", path.name, line_no, exc)
+                log.warning("%s line %d: %s", path.name, line_no, exc,
+                            extra={"symbol": item["symbol"]})
                 continue
             if speed is not None:
                 first_ts = item["ts_ms"] if first_ts is None else first_ts
@@ -84,6 +88,7 @@ def replay_csv(settings: Settings, path: Path, speed: float | None = None,
             item["symbol"] = symbol
             publisher.publish(symbol, item)
             report.ticks += 1
+            count_refused(report.refused, symbol, accepted)
             if report.rows % 4096 == 0:
                 publisher.tick()
                 if bar is not None:

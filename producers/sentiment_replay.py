@@ -19,13 +19,14 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.deadletters import dead_letter
 from pipeline.core.positioning import ObservationError, observation_message, parse_observation
 from pipeline.settings import Settings
+from pipeline.symbols import count_refused
 from producers.kafka_io import TickPublisher
 
 log = logging.getLogger("fxstream.sentiment_replay")
@@ -52,6 +53,8 @@ class SentimentReplayReport:
     rejected: int = 0
     messages: int = 0
     seconds: float = 0.0
+    # published items of symbols the configuration does not accept (the worker refuses them)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def sentiment_publisher(settings: Settings, frame_size: int | None = None) -> TickPublisher:
@@ -105,6 +108,7 @@ def replay_sentiment(settings: Settings, path: Path, speed: float | None = None,
     started = time.monotonic()
     first_ts: int | None = None
     source = f"file:{path.name}"
+    accepted = frozenset(settings.symbols)
     for line_no, item in read_sentiment_csv(path):
         report.lines += 1
         if isinstance(item, BadRow):
@@ -116,7 +120,8 @@ def replay_sentiment(settings: Settings, path: Path, speed: float | None = None,
         except ObservationError as exc:
             _reject(publisher, source, line_no, exc.reason, exc.detail, item)
             report.rejected += 1
-            log.warning("%s line %d: %s", path.name, line_no, exc)
+            log.warning("%s line %d: %s", path.name, line_no, exc,
+                        extra={"symbol": item.get("symbol")})
             continue
         if speed is not None:
             first_ts = obs.ts_ms if first_ts is None else first_ts
@@ -126,6 +131,7 @@ def replay_sentiment(settings: Settings, path: Path, speed: float | None = None,
                 time.sleep(min(wait, 0.005))
         publisher.publish(obs.symbol, observation_message(obs))
         report.observations += 1
+        count_refused(report.refused, obs.symbol, accepted)
         if report.lines % 4096 == 0:
             publisher.tick()
     publisher.flush()

@@ -14,10 +14,11 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.settings import Settings
+from pipeline.symbols import count_refused
 from producers.book_publisher import BookPublisher
 from producers.synthetic import SyntheticTicks, price_decimals
 
@@ -69,6 +70,8 @@ class SyntheticBookReport:
     snapshots: int = 0
     messages: int = 0
     seconds: float = 0.0
+    # published items of symbols the configuration does not accept (the worker refuses them)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def run_synthetic_books(settings: Settings, symbols: list[str], rate: float,
@@ -86,6 +89,7 @@ def run_synthetic_books(settings: Settings, symbols: list[str], rate: float,
     report = SyntheticBookReport()
     wall_start = time.monotonic()
     first_ts: int | None = None
+    accepted = frozenset(settings.symbols)
     books = (generator.books(count=count, duration_s=duration_s)
              if count is not None or duration_s is not None else _endless(generator))
     for book in books:
@@ -97,6 +101,7 @@ def run_synthetic_books(settings: Settings, symbols: list[str], rate: float,
                 time.sleep(min(wait, 0.005))
         publisher.publish(book["symbol"], book)
         report.snapshots += 1
+        count_refused(report.refused, book["symbol"], accepted)
         if report.snapshots % 2048 == 0:
             publisher.tick()
             if should_stop():

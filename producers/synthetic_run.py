@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.settings import Settings
+from pipeline.symbols import count_refused
 from producers.kafka_io import TickPublisher
 from producers.synthetic import SyntheticTicks
 
@@ -17,6 +18,8 @@ class SyntheticReport:
     ticks: int = 0
     messages: int = 0
     seconds: float = 0.0
+    # ticks published of symbols the configuration does not accept
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_s: float | None,
@@ -37,6 +40,7 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
     report = SyntheticReport()
     wall_start = time.monotonic()
     first_ts: int | None = None
+    accepted = frozenset(settings.symbols)
     for tick in _stream(generator, count, duration_s):
         if paced:
             first_ts = tick["ts_ms"] if first_ts is None else first_ts
@@ -48,6 +52,7 @@ def run_synthetic(settings: Settings, symbols: list[str], rate: float, duration_
         if on_publish is not None:
             on_publish(tick)
         report.ticks += 1
+        count_refused(report.refused, tick["symbol"], accepted)
         if report.ticks % 2048 == 0:
             publisher.tick()
             if on_progress is not None:

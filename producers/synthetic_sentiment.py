@@ -16,10 +16,11 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.settings import Settings
+from pipeline.symbols import count_refused
 from producers.synthetic import DEFAULT_START_MS
 
 REVERSION_PER_HOUR = 0.8  # how fast the level returns to its mean
@@ -101,6 +102,8 @@ class SyntheticSentimentReport:
     observations: int = 0
     messages: int = 0
     seconds: float = 0.0
+    # published items of symbols the configuration does not accept (the worker refuses them)
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def run_synthetic_sentiment(settings: Settings, symbols: list[str], interval_s: float,
@@ -122,6 +125,7 @@ def run_synthetic_sentiment(settings: Settings, symbols: list[str], interval_s: 
     report = SyntheticSentimentReport()
     wall_start = time.monotonic()
     first_ts: int | None = None
+    accepted = frozenset(settings.symbols)
     for obs in generator.observations(count=count, duration_s=duration_s):
         if paced:
             first_ts = obs["ts_ms"] if first_ts is None else first_ts
@@ -135,6 +139,7 @@ def run_synthetic_sentiment(settings: Settings, symbols: list[str], interval_s: 
             break
         publisher.publish(obs["symbol"], obs)
         report.observations += 1
+        count_refused(report.refused, obs["symbol"], accepted)
         if report.observations % 256 == 0:
             publisher.tick()
     publisher.flush()

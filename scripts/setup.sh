@@ -21,6 +21,21 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# promtool checks the alert rules in ops/prometheus (tests/test_observability.py); Debian
+# ships it in the prometheus package, whose server is not wanted running here.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" -ne 0 ]; then
+  echo "fxstream setup: promtool missing (Debian package prometheus, needs root); the" \
+    "rule-file test fails without it." >&2
+elif ! command -v promtool >/dev/null 2>&1; then
+  echo "fxstream setup: installing promtool (Debian package prometheus)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+    >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
 stamp=".venv/.fxstream-installed"

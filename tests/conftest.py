@@ -12,6 +12,14 @@ from pipeline.settings import Settings, Topics
 from tests.stack_fixtures import RealStack, real_stack
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which real servers this run uses, and whether the docker compose tests can run."""
+    from tests.compose_fixtures import describe_compose
+    from tests.stack_fixtures import describe_source
+
+    return [f"fxstream stack: {describe_source()}", f"docker compose: {describe_compose()}"]
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     """The real Kafka broker and PostgreSQL server every integration test shares."""

@@ -114,9 +114,7 @@ def test_sink_killed_at_random_points(make_settings: Callable[..., Settings], tm
 
 def test_postgres_restart_in_the_middle(stack: RealStack, make_settings: Callable[..., Settings],
                                         tmp_path: Path, big_csv: Path) -> None:
-    if stack.embedded is None:
-        pytest.skip("restarting PostgreSQL needs the embedded stack; this run uses "
-                    f"the {stack.kind} one")
+    stack.require_server_control()
     settings = pipeline_settings(make_settings, sink_batch_size=500)
     ref = reference(big_csv)
     assert run_cli(settings, ["produce", "replay", str(big_csv), "--frame-size", "4",
@@ -125,13 +123,13 @@ def test_postgres_restart_in_the_middle(stack: RealStack, make_settings: Callabl
     sink = Proc(settings, ["sink"], tmp_path / "sink.log")
     try:
         wait_for(lambda: sink_offsets_total(settings) >= 3_000, 120, "the sink to write rows")
-        stack.embedded.postgres.stop(mode="immediate")
+        stack.stop_postgres_immediately()
         try:
             wait_for(lambda: "PostgreSQL unavailable" in sink.log.read_text(), 60,
                      "the sink to notice PostgreSQL is down")
             assert sink.alive(), sink.tail()
         finally:
-            stack.embedded.postgres.start()
+            stack.start_postgres()
         wait_for(lambda: "PostgreSQL is back" in sink.log.read_text(), 90,
                  "the sink to resume after PostgreSQL came back")
         wait_for_reference(settings, ref, [worker, sink], timeout_s=300)

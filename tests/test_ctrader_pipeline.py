@@ -130,17 +130,13 @@ def test_unknown_symbol_error_responses_a_slow_handshake_and_a_paused_broker(
     sink = Proc(settings, ["sink"], tmp_path / "sink.log")
     procs = [sim, producer, worker, sink]
     try:
-        kafka_pid = stack.embedded.kafka.pid() if stack.embedded is not None else None
-        if kafka_pid is not None:
+        if stack.control is not None:
             # Kafka stops answering for a while: the producer keeps reading the stream and
             # its Kafka client delivers what it holds once the broker is back.
             wait_for(lambda: sent_rows(sim_dir) > 3500, 120, "3,500 spot events sent")
-            os.kill(kafka_pid, signal.SIGSTOP)
-            try:
+            with stack.kafka_paused():
                 wait_for(lambda: sent_rows(sim_dir) > 5000, 60,
                          "spot events to flow while Kafka is paused")
-            finally:
-                os.kill(kafka_pid, signal.SIGCONT)
         wait_for(lambda: (sim_dir / "done").exists(), 120, "the simulator to finish")
         check_outputs(settings, sim_dir, procs, producer)
         log = producer.log.read_text()

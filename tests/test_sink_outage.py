@@ -1,7 +1,7 @@
 """The sink through PostgreSQL and Kafka outages, on the real broker and database.
 
-These tests stop and start the test session's own PostgreSQL, so they need the
-embedded stack."""
+These tests stop and start the test session's own PostgreSQL (a process on the embedded
+stack, a container on testcontainers)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.integration
 T0 = 1_704_067_200_000
 SYMBOLS = ("EUR/USD", "GBP/USD", "USD/JPY", "AUD/USD", "USD/CHF", "USD/CAD", "NZD/USD",
            "EUR/GBP")
-
-
-def embedded_only(stack: RealStack) -> None:
-    if stack.embedded is None:
-        pytest.skip("restarting PostgreSQL needs the embedded stack; this run uses "
-                    f"the {stack.kind} one")
 
 
 class CandleStream:
@@ -97,8 +91,7 @@ def test_postgres_outage_while_sinks_come_and_go(
         stack: RealStack, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """PostgreSQL stopped with -m immediate mid-stream; meanwhile one of two sinks is
     killed and a third joins; PostgreSQL comes back: every row exact, offsets at the end."""
-    embedded_only(stack)
-    assert stack.embedded is not None
+    stack.require_server_control()
     settings = make_settings(partitions=4, session_timeout_s=6.0, log_level="INFO",
                              sink_batch_size=50)
     create_topics(settings)
@@ -109,7 +102,7 @@ def test_postgres_outage_while_sinks_come_and_go(
     try:
         wait_for(lambda: sum(stored_sink_offsets(settings).values()) >= 2_000, 90,
                  "the sinks to write a while")
-        stack.embedded.postgres.stop(mode="immediate")
+        stack.stop_postgres_immediately()
         try:
             wait_for(lambda: count(b, "PostgreSQL unavailable") >= 1, 60,
                      "sink b to notice PostgreSQL is down")
@@ -125,7 +118,7 @@ def test_postgres_outage_while_sinks_come_and_go(
                      "sink b to retry after the reassignment")
             assert b.alive(), b.tail()
         finally:
-            stack.embedded.postgres.start()
+            stack.start_postgres()
         wait_for(lambda: count(b, "PostgreSQL is back") >= 1, 90, "sink b to resume")
         stream.stop()
         ends = {p: e for p, e in end_offsets(settings, settings.topics.candles).items() if e}
@@ -158,11 +151,10 @@ def test_postgres_outage_while_sinks_come_and_go(
 
 def test_sink_started_while_postgres_is_down_waits_for_it(
         stack: RealStack, make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    embedded_only(stack)
-    assert stack.embedded is not None
+    stack.require_server_control()
     settings = make_settings(partitions=2, session_timeout_s=6.0, log_level="INFO")
     create_topics(settings)
-    stack.embedded.postgres.stop(mode="immediate")
+    stack.stop_postgres_immediately()
     sink: Proc | None = None
     try:
         sink = Proc(settings, ["sink"], tmp_path / "sink.log")
@@ -174,7 +166,7 @@ def test_sink_started_while_postgres_is_down_waits_for_it(
         assert [s["state"] for s in status] == ["waiting"], status
         assert status[0]["waiting_for"] == "PostgreSQL", status
     finally:
-        stack.embedded.postgres.start()
+        stack.start_postgres()
     try:
         produce_candles(settings, [("EUR/USD", candle_record("EUR/USD", T0, 1.1))])
         wait_for(lambda: (sink.alive() or pytest.fail(sink.tail()))

@@ -2,7 +2,9 @@
 
 The identity (source topic or file, partition, offset or line, index inside a
 frame) is also the record's key, so a repeat sent after a restart is
-recognisable as the same rejection.
+recognisable as the same rejection. The detail and the payload are redacted
+(pipeline.redact): a rejected line may hold a connection string or a token, and the
+dead-letter topic is read by more people than the secrets' owners.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from pipeline.redact import redact
 
 MAX_PAYLOAD_CHARS = 10_000
 
@@ -28,9 +32,10 @@ def dead_letter(*, reason: str, detail: str, stage: str, topic: str, partition: 
         except TypeError:
             text = repr(payload)
     return {
-        "v": 1, "reason": reason, "detail": detail, "stage": stage,
+        "v": 1, "reason": reason, "detail": redact(detail), "stage": stage,
         "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
-        "symbol": symbol, "payload": text[:MAX_PAYLOAD_CHARS], "failed_at_ms": now_ms,
+        "symbol": symbol, "payload": redact(text[:MAX_PAYLOAD_CHARS + 1_000])[:MAX_PAYLOAD_CHARS],
+        "failed_at_ms": now_ms,
     }  # fmt: skip
 
 

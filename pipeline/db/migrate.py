@@ -10,6 +10,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from pipeline.redact import redact, url_secrets
 from pipeline.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -52,7 +53,8 @@ def migrate(settings: Settings) -> tuple[str | None, str]:
                 conn.commit()
     except sa.exc.OperationalError as exc:
         raise DatabaseError(
-            f"PostgreSQL at {settings.database_url} is unreachable: {exc.orig}"
+            redact(f"PostgreSQL at {settings.database_url} is unreachable: {exc.orig}",
+                   url_secrets(settings.database_url))
         ) from None
     finally:
         engine.dispose()

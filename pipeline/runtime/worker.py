@@ -23,11 +23,13 @@ revoked partitions), and re-sends what the held states stand for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -35,6 +37,7 @@ from aiokafka.partitioner import murmur2
 from faust.stores.memory import Store as MemoryStore
 
 from pipeline.core.deadletters import dead_letter, dead_letter_key
+from pipeline.observability.metrics import AgentMetrics, WorkerMetrics
 from pipeline.runtime.declaration import TARGET, AgentSpec, Reject
 from pipeline.runtime.positions import (
     Cursor,
@@ -46,7 +49,7 @@ from pipeline.runtime.positions import (
     encode_envelope,
     is_cursor_key,
 )
-from pipeline.runtime.source import describe_topic, read_range
+from pipeline.runtime.source import describe_topic, read_range, watermarks
 from pipeline.settings import Settings
 from pipeline.symbols import SymbolError, normalize_symbol
 
@@ -59,6 +62,12 @@ CHANGELOG_CONFIG = {
     "min.cleanable.dirty.ratio": "0.1",
     "cleanup.policy": "compact",
 }
+
+
+EXIT_FAILED_MESSAGE = 70  # EX_SOFTWARE
+# A held partition whose consumer delivered nothing for this long, while its end lies
+# past what was applied, is sought back (AgentRuntime.resume_stalled).
+STALL_S = 5.0
 
 
 def now_ms() -> int:
@@ -74,11 +83,14 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
 @dataclass
 class AgentStats:
     messages: int = 0
-    items: int = 0
+    items: int = 0  # accepted
+    items_in: int = 0  # in the messages applied, accepted or not
     skipped: int = 0
     rejected: int = 0
     outputs: int = 0
+    frames_out: int = 0
     reread: int = 0
+    resumed: int = 0  # stalled partitions sought back
     first_event: float | None = None  # monotonic time of the first message processed
     last_event: float | None = None
 
@@ -89,16 +101,18 @@ class PartitionView:
 
     cursor: Cursor = field(default_factory=Cursor)
     keys: set[bytes] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)  # its last message delivered
 
 
 class AgentRuntime:
     """One declared agent on the app: its topics, table, and the exactly-once loop."""
 
     def __init__(self, app: faust.App, settings: Settings, spec: AgentSpec,
-                 dead_letters: faust.TopicT) -> None:
+                 dead_letters: faust.TopicT, metrics: AgentMetrics) -> None:
         self.app = app
         self.settings = settings
         self.spec = spec
+        self.metrics = metrics
         self.source_topic = getattr(settings.topics, spec.source)
         self.source = app.topic(self.source_topic, key_type=bytes, value_type=bytes,
                                 partitions=settings.partitions)
@@ -112,8 +126,11 @@ class AgentRuntime:
                                key_type=bytes, value_type=bytes,
                                extra_topic_configs=CHANGELOG_CONFIG)
         self.stats = AgentStats()
+        self._published: dict[str, int] = {}  # stats already added to the counters
         self.views: dict[int, PartitionView] = {}
         self.ready = False  # False from a revocation until recovery has been taken in
+        self.not_ready_since = time.monotonic()
+        metrics.recovering.set(1)
         self.arrivals: dict[bytes, int] = {}  # key -> wall ms its newest message arrived
         self.clock_sent: set[tuple[bytes, str]] = set()
         self.committed: dict[int, int] = {}
@@ -131,15 +148,20 @@ class AgentRuntime:
             if self.stats.first_event is None:
                 self.stats.first_event = self.stats.last_event
             view = self.views.setdefault(msg.partition, PartitionView())
+            view.last_seen = self.stats.last_event
             cursor = view.cursor
             position = cursor.logical(msg.offset)
             if position <= cursor.last:
                 self.stats.skipped += 1
                 continue
-            if position > cursor.last + 1:
-                await self._reread(msg.topic, msg.partition, cursor.kafka_offset(cursor.last + 1),
-                                   msg.offset)
-            await self._apply(msg.key, msg.value, msg.topic, msg.partition, msg.offset)
+            try:
+                if position > cursor.last + 1:
+                    await self._reread(msg.topic, msg.partition,
+                                       cursor.kafka_offset(cursor.last + 1), msg.offset)
+                await self._apply(msg.key, msg.value, msg.topic, msg.partition, msg.offset)
+            except Exception:
+                fail_stop(f"{self.spec.name}: applying {msg.topic}[{msg.partition}] offset "
+                          f"{msg.offset} failed")
 
     async def _reread(self, topic: str, partition: int, start: int, stop: int) -> None:
         delay = 1.0
@@ -150,17 +172,20 @@ class AgentRuntime:
                 break
             except Exception as exc:  # broker trouble: nothing else can progress either
                 log.error("%s[%d]: re-reading offsets %d..%d failed (%s); retrying in %.0f s",
-                          topic, partition, start, stop - 1, exc, delay)
+                          topic, partition, start, stop - 1, exc, delay,
+                          extra={"partition": partition})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         if got.missing:
             lo, hi = got.missing
             log.error("%s[%d]: offsets %d..%d were skipped by the consumer and no longer exist "
                       "in Kafka (retention or a deleted topic); %d messages could not be "
-                      "applied", topic, partition, lo, hi - 1, hi - lo)
+                      "applied", topic, partition, lo, hi - 1, hi - lo,
+                      extra={"partition": partition})
         log.warning("%s[%d]: the consumer skipped offsets %d..%d (Faust can, around "
                     "rebalances); re-read %d messages and applied them first", topic,
-                    partition, start, stop - 1, len(got.messages))
+                    partition, start, stop - 1, len(got.messages),
+                    extra={"partition": partition})
         self.stats.reread += len(got.messages)
         for key, value, offset in got.messages:
             await self._apply(key, value, topic, partition, offset)
@@ -187,6 +212,7 @@ class AgentRuntime:
             value = orjson.loads(raw or b"")
             framed = isinstance(value, list)
             items = value if framed else [value]
+            stats.items_in += len(items)
         except orjson.JSONDecodeError as exc:
             rejects.append(Reject(-1, "invalid_json", str(exc), raw or b""))
         if items is not None and (symbol is None or symbol.encode() != key):
@@ -270,9 +296,11 @@ class AgentRuntime:
             record["src_offset"] = position
         limit = self.settings.max_state_bytes
         if outputs:
-            for value in output_frames(outputs, limit):
+            frames = output_frames(outputs, limit)
+            for value in frames:
                 await self.output.send(key=key, value=value, force=True)
             self.stats.outputs += len(outputs)
+            self.stats.frames_out += len(frames)
         for target, records in elsewhere.items():
             for value in output_frames(records, limit):
                 await self.also[target].send(key=key, value=value, force=True)
@@ -292,6 +320,8 @@ class AgentRuntime:
             pending.append(await self.dead_letters.send(
                 key=dead_letter_key(record), value=orjson.dumps(record), force=True))
         self.stats.rejected += len(rejects)
+        for rej in rejects:
+            self.metrics.dead_letter(rej.reason)
         await asyncio.gather(*pending)
 
     # -- rebalances ---------------------------------------------------------------------------
@@ -301,6 +331,9 @@ class AgentRuntime:
                 if tp.topic == self.source_topic}
 
     def on_revoked(self) -> None:
+        if self.ready:
+            self.not_ready_since = time.monotonic()
+            self.metrics.recovering.set(1)
         self.ready = False
 
     async def _after_recovery(self) -> None:
@@ -337,6 +370,9 @@ class AgentRuntime:
         self.arrivals = {key: now_ms() for key, *_ in states}
         self.clock_sent.clear()
         self.committed = {p: c for p, c in self.committed.items() if p in held}
+        self.observe_state()  # before ready: a scrape that sees ready sees the state taken in
+        self.metrics.recovery_seconds.observe(time.monotonic() - self.not_ready_since)
+        self.metrics.recovering.set(0)
         self.ready = True
         now = now_ms()
         sent = 0
@@ -376,7 +412,7 @@ class AgentRuntime:
                           "start again below the %d already applied. Applying the new topic "
                           "from its start; positions continue from %d so versions downstream "
                           "keep increasing", self.source_topic, p, ident.topic_id,
-                          cursor.topic_id, cursor.last, cursor.last + 1)
+                          cursor.topic_id, cursor.last, cursor.last + 1, extra={"partition": p})
                 cursor.base = cursor.last + 1
                 cursor.topic_id, cursor.dirty = ident.topic_id, True
                 restart[p] = 0
@@ -404,6 +440,48 @@ class AgentRuntime:
                 out[p] = nxt
         return out
 
+    async def resume_stalled(self, idle_s: float) -> None:
+        """Seek back any held partition whose consumer stopped delivering short of its end.
+
+        After a rebalance Faust's consumer can hold a partition at a read offset past
+        messages it never delivered (prefetched records counted as read before the seek
+        to the committed offsets): it drops the missing ones as already read and waits
+        for newer ones. The runtime re-reads such a gap when the next message comes, but
+        when none comes (a replay that ended, a quiet symbol) the applied state stands
+        still while the partition holds unapplied messages. A partition idle for
+        ``idle_s`` whose end lies past its cursor is sought to the first unapplied offset,
+        which also resets Faust's read offset; the cursor skips anything delivered twice."""
+        if not self.ready or self.app.rebalancing:
+            return
+        now = time.monotonic()
+        idle = {p: view for p, view in self.views.items() if now - view.last_seen >= idle_s}
+        if not idle:
+            return
+        try:
+            ends = await asyncio.to_thread(watermarks, self.settings.kafka_bootstrap,
+                                           self.source_topic, sorted(idle))
+        except Exception as exc:  # broker trouble: the next check asks again
+            log.info("%s: checking for stalled partitions failed: %s", self.source_topic, exc)
+            return
+        if not self.ready or self.app.rebalancing:
+            return  # a rebalance began meanwhile
+        assigned = {tp.partition: tp for tp in self.app.consumer.assignment()
+                    if tp.topic == self.source_topic}
+        for p, view in idle.items():
+            tp = assigned.get(p)
+            if tp is None or p not in ends or self.views.get(p) is not view:
+                continue
+            low, high = ends[p]
+            nxt = max(view.cursor.kafka_offset(view.cursor.last + 1), low)
+            if nxt >= high or time.monotonic() - view.last_seen < idle_s:
+                continue
+            log.warning("%s[%d]: the consumer delivered nothing for %.0f s while offsets "
+                        "%d..%d wait unapplied; seeking back to %d", self.source_topic, p,
+                        time.monotonic() - view.last_seen, nxt, high - 1, nxt)
+            self.stats.resumed += 1
+            view.last_seen = time.monotonic()
+            await self.app.consumer.seek(tp, nxt)
+
     async def close_by_clock(self) -> None:
         if not self.ready:
             return
@@ -430,14 +508,69 @@ class AgentRuntime:
         if len(self.clock_sent) > 100_000:
             self.clock_sent.clear()
 
+    def publish_counts(self) -> None:
+        """What the stats counted since the last call, into the Prometheus counters. Called
+        once a second, so that the per-message path only adds to plain ints."""
+        stats, published, metrics = self.stats, self._published, self.metrics
+        for counter, field_name in ((metrics.messages_in, "messages"),
+                                    (metrics.records_in, "items_in"),
+                                    (metrics.messages_skipped, "skipped"),
+                                    (metrics.messages_reread, "reread"),
+                                    (metrics.records_out, "outputs"),
+                                    (metrics.messages_out, "frames_out")):
+            value = getattr(stats, field_name)
+            if value != published.get(field_name, 0):
+                counter.inc(value - published.get(field_name, 0))
+                published[field_name] = value
+
+    def observe_state(self) -> None:
+        """The keys and state bytes of the partitions held, into the state gauges."""
+        keys = size = 0
+        for view in self.views.values():
+            for key in view.keys:
+                raw = self.table.get(key)
+                if raw is not None:
+                    keys += 1
+                    size += len(raw)
+        self.metrics.state_keys.set(keys)
+        self.metrics.state_bytes.set(size)
+
+    def observe_lag(self, lag: Any, group: str) -> None:
+        """Per held partition: its end (as last fetched) minus the offset next to apply."""
+        for tp in self.app.consumer.assignment():
+            if tp.topic != self.source_topic:
+                continue
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            view = self.views.get(tp.partition)
+            applied = (view.cursor.kafka_offset(view.cursor.last) + 1
+                       if view is not None and view.cursor.last >= 0 else 0)
+            lag.labels(group, tp.topic, str(tp.partition)).set(max(0, highwater - applied))
+
     def report(self) -> None:
         s = self.stats
         active = (s.last_event or 0.0) - (s.first_event or 0.0)
         log.info("%s worker stopping: %d messages, %d %s, %d skipped as already applied, %d "
-                 "re-read, %d rejected, %d records sent; %.3f s between the first and the last "
-                 "message (monotonic %.3f to %.3f)", self.spec.name, s.messages, s.items,
-                 self.spec.item_noun, s.skipped, s.reread, s.rejected, s.outputs, active,
+                 "re-read, %d stalled partitions sought back, %d rejected, %d records sent; %.3f s "
+                 "between the first and the last message (monotonic %.3f to %.3f)",
+                 self.spec.name, s.messages, s.items, self.spec.item_noun, s.skipped,
+                 s.reread, s.resumed, s.rejected, s.outputs, active,
                  s.first_event or 0.0, s.last_event or 0.0)
+
+
+def fail_stop(what: str) -> NoReturn:
+    """Leave at once, as a kill -9 would, after an unexpected failure inside a message.
+
+    Faust would restart the agent and go on with the next message, while what this
+    process holds (cursor, state, outputs already sent) may be half of the failed one;
+    its own committer could also commit past it on the way out. The runtime is built to
+    survive a kill at any line: a restarted worker recovers the changelog and re-reads
+    from the committed offsets, so leaving now loses and doubles nothing."""
+    log.critical("%s; the worker stops now (exit %d) and a restart resumes from the "
+                 "changelog and the committed offsets", what, EXIT_FAILED_MESSAGE, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_FAILED_MESSAGE)
 
 
 def _record_identity(record: dict[str, Any]) -> str:
@@ -469,16 +602,26 @@ def output_frames(records: list[dict[str, Any]], limit: int) -> list[bytes]:
 class WorkerRuntime:
     """Every agent of the worker, with the one commit timer and the one clock timer."""
 
-    def __init__(self, app: faust.App, settings: Settings, specs: list[AgentSpec]) -> None:
+    def __init__(self, app: faust.App, settings: Settings, specs: list[AgentSpec],
+                 metrics: WorkerMetrics) -> None:
         self.app = app
         self.settings = settings
+        self.metrics = metrics
         dead_letters = app.topic(settings.topics.dead_letter, key_type=bytes,
                                  value_type=bytes, partitions=settings.partitions)
-        self.agents = [AgentRuntime(app, settings, spec, dead_letters) for spec in specs]
+        self.agents = [AgentRuntime(app, settings, spec, dead_letters,
+                                    AgentMetrics.of(metrics, spec.name)) for spec in specs]
+        self._lag_series: set[tuple[str, str, str]] = set()
         app.timer(interval=1.0, name="fxstream-commit")(self.commit_applied)
         app.timer(interval=1.0, name="fxstream-clock")(self.close_by_clock)
+        app.timer(interval=STALL_S, name="fxstream-stalls")(self.resume_stalled)
+        app.timer(interval=1.0, name="fxstream-metrics")(self.observe)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
+
+    def changelog_topics(self) -> list[str]:
+        """The changelog topic of every agent's table, as Faust names it."""
+        return [agent.table.changelog_topic.get_topic_name() for agent in self.agents]
 
     async def commit_applied(self) -> None:
         """Commit the offsets the cursors say are applied, after flushing what they wrote.
@@ -503,18 +646,56 @@ class WorkerRuntime:
                     owners[tp] = (agent, p)
         if not offsets:
             return
+        started = time.monotonic()
         await self.app.producer.flush()
         try:
             if await self.app.consumer._commit(offsets):  # the driver's commit of given offsets
                 for tp, nxt in offsets.items():
                     agent, p = owners[tp]
                     agent.committed[p] = nxt
+                self.metrics.commit_seconds.observe(time.monotonic() - started)
+                committed_at = time.time()
+                for topic in {tp.topic for tp in offsets}:
+                    self.metrics.common.last_commit.labels(self.settings.worker_group,
+                                                           topic).set(committed_at)
         except Exception as exc:  # a rebalance in between; the next tick tries again
             log.info("offset commit deferred: %s", exc)
 
     async def close_by_clock(self) -> None:
         for agent in self.agents:
             await agent.close_by_clock()
+
+    async def resume_stalled(self) -> None:
+        for agent in self.agents:
+            await agent.resume_stalled(STALL_S)
+
+    async def observe(self) -> None:
+        """Consumer lag per held partition and state sizes, into their gauges."""
+        lag = self.metrics.common.consumer_lag
+        group = self.settings.worker_group
+        for agent in self.agents:
+            agent.publish_counts()
+            if agent.ready:
+                agent.observe_state()
+                agent.observe_lag(lag, group)
+        sources = {agent.source_topic for agent in self.agents}
+        held = {(group, tp.topic, str(tp.partition)) for tp in self.app.consumer.assignment()
+                if tp.topic in sources}
+        for labels in self._lag_series - held:  # partitions no longer held
+            with contextlib.suppress(KeyError):
+                lag.remove(*labels)
+        self._lag_series = held
+
+    def readiness(self) -> str | None:
+        """None when every agent holds its recovered partitions, else why not."""
+        if getattr(self.app, "in_recovery", False):
+            return "recovering table state from the changelogs"
+        waiting = [a.spec.name for a in self.agents if not a.ready]
+        if waiting:
+            return f"waiting for partitions and recovered state: {', '.join(waiting)} agents"
+        if self.app.rebalancing:
+            return "rebalancing"
+        return None
 
     async def _on_revoked(self, app: faust.App, revoked: set[Any], **kw: Any) -> None:
         for agent in self.agents:

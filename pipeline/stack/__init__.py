@@ -1,8 +1,9 @@
 """The embedded stack: a real Kafka broker and a real PostgreSQL server, started by fxstream.
 
-``up`` writes the connection settings to ``<state_dir>/connection.env``, where
-every other fxstream command finds them. When KAFKA_BOOTSTRAP and DATABASE_URL
-are set in the environment, commands use those servers and start nothing.
+``up`` writes the connection settings to ``<state_dir>/connection.env`` (mode 0600:
+DATABASE_URL carries PostgreSQL's password), where every other fxstream command finds
+them. When KAFKA_BOOTSTRAP and DATABASE_URL are set in the environment, commands use
+those servers and start nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.private_files import write_private
+from pipeline.redact import redact, url_secrets
 from pipeline.stack.kafka import EmbeddedKafka, describe_broker_version
 from pipeline.stack.postgres import EmbeddedPostgres
 from pipeline.stack.process import StackError
@@ -54,11 +57,11 @@ class EmbeddedStack:
             if started["postgres"]:
                 self.postgres.stop()
             raise
-        self.connection_file.write_text(
-            "# written by `fxstream stack up`; removed by `fxstream stack down`\n"
-            f"KAFKA_BOOTSTRAP={self.kafka.bootstrap}\n"
-            f"DATABASE_URL={self.postgres.url}\n"
-        )
+        # DATABASE_URL carries PostgreSQL's password: mode 0600.
+        write_private(self.connection_file,
+                      "# written by `fxstream stack up`; removed by `fxstream stack down`\n"
+                      f"KAFKA_BOOTSTRAP={self.kafka.bootstrap}\n"
+                      f"DATABASE_URL={self.postgres.url}\n")
         return started
 
     def down(self) -> dict[str, bool]:
@@ -80,6 +83,7 @@ def server_versions(kafka_bootstrap: str, database_url: str, state_dir: Path) ->
         with psycopg.connect(database_url, connect_timeout=5) as conn:
             row = conn.execute("SHOW server_version").fetchone()
     except psycopg.Error as exc:
-        raise StackError(f"PostgreSQL at {database_url} did not answer: {exc}") from None
+        raise StackError(redact(f"PostgreSQL at {database_url} did not answer: {exc}",
+                                url_secrets(database_url))) from None
     postgres = f"PostgreSQL {row[0]}" if row else "unknown"
     return ServerVersions(kafka=kafka_version, postgres=postgres)

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.private_files import write_private
+from pipeline.redact import redact
+
 KEYS = ("CTRADER_CLIENT_ID", "CTRADER_CLIENT_SECRET", "CTRADER_ACCESS_TOKEN",
         "CTRADER_REFRESH_TOKEN")
 REQUIRED = KEYS[:3]
@@ -69,10 +72,7 @@ class Credentials:
                                      self.refresh_token) if s]
 
     def scrub(self, text: str) -> str:
-        for value in sorted(self.secrets(), key=len, reverse=True):
-            if len(value) >= 4:
-                text = text.replace(value, "***")
-        return text
+        return redact(text, self.secrets())
 
 
 def read_secrets_file(path: Path) -> dict[str, str]:
@@ -134,11 +134,7 @@ def store_tokens(credentials: Credentials, access_token: str, refresh_token: str
         else:
             out.append(line)
     out.extend(f"{k}={v}" for k, v in wanted.items())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(out) + "\n")
-    os.replace(tmp, path)
+    write_private(path, "\n".join(out) + "\n")
     return True
 
 

@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from pipeline.settings import Settings
+from pipeline.private_files import write_private
+from pipeline.settings import Settings, settings_yaml
 
 
 def read_endpoint(path: Path) -> dict[str, str]:
@@ -38,8 +37,7 @@ def start_simulator(settings: Settings, symbols: list[str], rate: float, log_dir
     endpoint = sim_dir / "endpoint.env"
     endpoint.unlink(missing_ok=True)
     config = log_dir / "ctrader-sim-settings.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json",
-                                                         exclude={"external_stack"})))
+    write_private(config, settings_yaml(settings))
     log = log_dir / "ctrader-sim.log"
     exe = Path(sys.executable).with_name("fxstream")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]

@@ -1,0 +1,1 @@
+"""Prometheus metrics and health endpoints of the worker and sink processes."""
