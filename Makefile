@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs:
 #   make demo   sets up and runs the live pipeline on the embedded stack
 #   make test   sets up and runs the whole test suite
-.PHONY: setup demo test lint bench stack-up stack-down
+.PHONY: setup demo test test-docker lint bench stack-up stack-down
 
 setup:
 	bash scripts/setup.sh
@@ -11,6 +11,11 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# The same suite with Kafka and PostgreSQL in containers, and the docker compose
+# scale-out test; starts (and stops) a Docker engine when none answers.
+test-docker: setup
+	PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/test-docker.sh
 
 lint: setup
 	.venv/bin/ruff check .
