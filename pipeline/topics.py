@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from pipeline.settings import Settings
@@ -54,6 +54,8 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> TopicReport:
                 if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise RuntimeError(f"could not create topic {name!r}: {err.str()}") from None
                 existing[name] = settings.partitions
+    if wanted:  # new here, or made a moment ago by another process
+        wait_for_leaders(settings, wanted, timeout_s * 2)
     return TopicReport(created=created, existing={
         t: n for t, n in existing.items() if t in settings.topics.all()
     })
@@ -101,24 +103,41 @@ def create_changelog_topics(settings: Settings, names: Iterable[str],
 
 
 def wait_for_leaders(settings: Settings, names: Iterable[str], timeout_s: float = 60.0) -> None:
-    """Wait until every partition of ``names`` has a leader: a topic just created gets its
-    partitions' leaders one by one, and clients that look at it meanwhile see it partial."""
+    """Wait until every partition of ``names`` takes writes.
+
+    A topic just created is in the cluster's metadata, leaders and all, before its leader
+    has made the partition in its log manager: on a busy broker that takes a second or
+    more, one partition after another. Records produced into that window were seen to
+    be lost without an error (an idempotent producer's first batch to the partition), so
+    a partition counts only once its leader answers for its offsets (ListOffsets goes to
+    the partition itself, not to the metadata cache)."""
     names = list(names)
     admin = admin_client(settings)
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                      "group.id": "fxstream-topic-probe", "enable.auto.commit": False})
     deadline = time.monotonic() + timeout_s
-    while True:
-        topics = list_topics(admin, settings, 10).topics
-        missing = []
-        for name in names:
-            meta = topics.get(name)
-            if meta is None or meta.error is not None or not meta.partitions:
-                missing.append(name)
-                continue
-            missing += [f"{name}[{p}]" for p, part in meta.partitions.items()
-                        if part.leader < 0 or part.error is not None]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise ConnectionError(f"Kafka partitions without a leader after {timeout_s:.0f} s: "
-                                  f"{', '.join(missing[:5])}")
-        time.sleep(0.2)
+    try:
+        while True:
+            topics = list_topics(admin, settings, 10).topics
+            missing = []
+            for name in names:
+                meta = topics.get(name)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    missing.append(name)
+                    continue
+                for p, part in meta.partitions.items():
+                    if part.leader < 0 or part.error is not None:
+                        missing.append(f"{name}[{p}]")
+                        continue
+                    try:
+                        probe.get_watermark_offsets(TopicPartition(name, p), timeout=5)
+                    except KafkaException:
+                        missing.append(f"{name}[{p}]")
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"Kafka partitions not taking writes after "
+                                      f"{timeout_s:.0f} s: {', '.join(missing[:5])}")
+            time.sleep(0.2)
+    finally:
+        probe.close()

@@ -507,6 +507,27 @@ def test_a_changelog_with_another_partition_count_stops_the_worker_with_a_clear_
         stop_all(worker)
 
 
+def test_topics_take_writes_when_create_topics_returns(
+        make_settings: Callable[..., Settings]) -> None:
+    """The cluster's metadata names a new partition's leader before that leader has made
+    the partition; an idempotent producer's first records to it were lost in that window
+    (a loaded broker takes a second or more over it). create_topics returns only once
+    every partition's leader answers for it."""
+    from confluent_kafka import Consumer
+
+    settings = settings_for(make_settings, partitions=12)
+    report = create_topics(settings)
+    assert set(report.created) == set(settings.topics.all())
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        for topic in report.created:
+            for p in range(settings.partitions):
+                low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=2)
+                assert (low, high) == (0, 0)
+    finally:
+        probe.close()
+
+
 def test_every_changelog_exists_with_all_its_partitions_led_before_the_worker_joins(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """Faust creates the changelogs while it starts; a consumer that joined before a new
