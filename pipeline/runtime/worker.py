@@ -478,9 +478,13 @@ class AgentRuntime:
             log.warning("%s[%d]: the consumer delivered nothing for %.0f s while offsets "
                         "%d..%d wait unapplied; seeking back to %d", self.source_topic, p,
                         time.monotonic() - view.last_seen, nxt, high - 1, nxt)
-            self.stats.resumed += 1
             view.last_seen = time.monotonic()
-            await self.app.consumer.seek(tp, nxt)
+            try:
+                await self.app.consumer.seek(tp, nxt)
+            except Exception as exc:  # revoked meanwhile: its new owner reads it
+                log.info("%s[%d]: seek back not done: %s", self.source_topic, p, exc)
+                return
+            self.stats.resumed += 1
 
     async def close_by_clock(self) -> None:
         if not self.ready:
