@@ -35,6 +35,10 @@ TYPES = ("text", "text", "int8", "float8", "float8", "float8", "float8", "int8",
 INT8_MAX = 2**63 - 1
 INT4_MAX = 2**31 - 1
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+# Every name the schema's timeframe pattern ^[1-9][0-9]{0,3}[mhd]$ admits, as a
+# Literal: msgspec checks it with one hash lookup, where the pattern cost a regex
+# search per candle (a third of the decoding time).
+TIMEFRAME_NAMES = tuple(f"{n}{unit}" for unit in "mhd" for n in range(1, 10_000))
 
 
 class CandleRecord(msgspec.Struct, gc=False):
@@ -44,7 +48,7 @@ class CandleRecord(msgspec.Struct, gc=False):
 
     v: Literal[1]
     symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    timeframe: Annotated[str, msgspec.Meta(pattern="^[1-9][0-9]{0,3}[mhd]$")]
+    timeframe: Literal[TIMEFRAME_NAMES]  # type: ignore[valid-type]
     ts_utc: Annotated[int, msgspec.Meta(ge=0)]
     open: Positive
     high: Positive

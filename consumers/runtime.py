@@ -14,7 +14,9 @@ messages becomes rows (and what makes a row invalid). The runtime owns the rest:
    one merge (``INSERT ... ON CONFLICT DO UPDATE``) that never lets an older
    version overwrite a newer one, and every partition's next offset into
    sink_offsets (which never moves backwards);
-5. commit, then commit the same offsets to Kafka.
+5. commit, then commit the same offsets to Kafka (asynchronously, one commit in
+   flight: Kafka's offsets serve lag monitoring; every assignment starts from the
+   offsets stored in PostgreSQL).
 
 Steps 4 and 5 are pipelined: batch N's transaction runs on a single writer thread
 while the main thread consumes and decodes batch N+1; then the main thread waits for
@@ -48,11 +50,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, sub
 from typing import Any
 
 import msgspec
@@ -92,12 +95,70 @@ class Rejected:
     payload: Any
 
 
+Origin = tuple[int, int | None]  # (message in the batch, index in its frame or None)
+
+
+class MessageOrigins(Sequence[Origin]):
+    """The origins of rows decoded in message order, kept per message rather than per
+    row: a row's origin is looked up only when it is asked for (a refused row)."""
+
+    __slots__ = ("_framed", "_messages", "_rows", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []  # the first row of each message that has rows
+        self._messages: list[int] = []
+        self._framed: list[bool] = []
+        self._rows = 0
+
+    def add(self, message: int, rows: int, framed: bool) -> None:
+        if rows:
+            self._starts.append(self._rows)
+            self._messages.append(message)
+            self._framed.append(framed)
+            self._rows += rows
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getitem__(self, i: int) -> Origin:  # type: ignore[override]
+        if i < 0:
+            i += self._rows
+        if not 0 <= i < self._rows:
+            raise IndexError(i)
+        k = bisect_right(self._starts, i) - 1
+        return self._messages[k], (i - self._starts[k] if self._framed[k] else None)
+
+    def __iter__(self) -> Iterator[Origin]:
+        for m, framed, count in zip(self._messages, self._framed,
+                                    map(sub, [*self._starts[1:], self._rows], self._starts),
+                                    strict=True):
+            if framed:
+                yield from zip(repeat(m), range(count))
+            else:
+                yield m, None
+
+
+class PickedOrigins(Sequence[Origin]):
+    """``origins[keep[i]]``, looked up when asked for (the rows a reduction kept)."""
+
+    __slots__ = ("_keep", "_origins")
+
+    def __init__(self, origins: Sequence[Origin], keep: list[int]) -> None:
+        self._origins, self._keep = origins, keep
+
+    def __len__(self) -> int:
+        return len(self._keep)
+
+    def __getitem__(self, i: int) -> Origin:  # type: ignore[override]
+        return self._origins[self._keep[i]]
+
+
 @dataclass(slots=True)
 class Decoded:
     """Rows in the declaration's column order; ``origins[i]`` = (message, index) of rows[i]."""
 
     rows: list[Row] = field(default_factory=list)
-    origins: list[tuple[int, int | None]] = field(default_factory=list)
+    origins: Sequence[Origin] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
 
@@ -137,7 +198,7 @@ class _Batch:
     messages: list[Message]
     next_offsets: dict[int, int]
     rows: list[Row]
-    origins: list[tuple[int, int | None]]
+    origins: Sequence[Origin]
     rejected: int
     records: int = 0  # items in the messages, valid or not
     oldest_ms: int | None = None  # the oldest message's timestamp (the first of a partition)
@@ -233,6 +294,10 @@ class SinkRuntime:
         # consumed and decoded; every Kafka consumer call stays on the main thread
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: tuple[Future[tuple[int, float]], _Batch] | None = None
+        # Kafka offset commits: written offsets not yet sent, and when the one in flight
+        # was sent
+        self._to_commit: dict[int, int] = {}
+        self._commit_sent: float | None = None
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": self.group,
@@ -242,6 +307,7 @@ class SinkRuntime:
             "heartbeat.interval.ms": max(500, int(settings.session_timeout_s * 100)),
             "max.poll.interval.ms": 600_000,
             "fetch.max.bytes": 32 << 20,
+            "on_commit": self._on_commit,
         })
         from producers.kafka_io import producer_config
 
@@ -285,6 +351,7 @@ class SinkRuntime:
                 messages = self.consumer.consume(1, timeout)
                 if messages and size > 1:
                     messages += self.consumer.consume(size - 1, 0)
+                self._commit_to_kafka()  # what waited for the previous commit's answer
                 if self._rebalances != before:
                     # the rebalance callbacks waited for the batch in flight
                     self._restart_assignment(messages)
@@ -317,6 +384,13 @@ class SinkRuntime:
                  "letters; %.3f s between the first batch and the last commit",
                  self.spec.name, self.stats.rows, self.stats.messages, self.stats.batches,
                  self.stats.dead_letters, active)
+        if self._written and self._assigned:
+            # The last asynchronous commit may still be on its way, and what was written
+            # after it has not been sent.
+            last = [TopicPartition(self.topic, p, o) for p, o in self._written.items()
+                    if p in self._assigned]
+            with contextlib.suppress(Exception):
+                self.consumer.commit(offsets=last, asynchronous=False)
         with contextlib.suppress(Exception):
             self.consumer.close()  # leaves the group; offsets were committed per batch
         self.dlq.flush(10)
@@ -434,6 +508,7 @@ class SinkRuntime:
         self._paused -= gone
         self._assignment_seen = False
         for p in gone:
+            self._to_commit.pop(p, None)  # its new owner commits it
             self._start.pop(p, None)
             self._first_unwritten.pop(p, None)
             self._written.pop(p, None)
@@ -584,8 +659,9 @@ class SinkRuntime:
         if fast is None:
             return self.spec.decode([_json(msg.value()) for msg in messages])
         decoder, row_of = fast
-        out = Decoded()
-        rows, origins = out.rows, out.origins
+        origins = MessageOrigins()
+        out = Decoded(origins=origins)
+        rows = out.rows
         slow: list[int] = []
         for m, msg in enumerate(messages):
             try:
@@ -595,10 +671,10 @@ class SinkRuntime:
                 continue
             if type(got) is list:  # a frame (an empty one holds nothing)
                 rows += map(row_of, got)
-                origins += zip(repeat(m), range(len(got)))
+                origins.add(m, len(got), framed=True)
             else:
                 rows.append(row_of(got))
-                origins.append((m, None))
+                origins.add(m, 1, framed=False)
         if not slow:
             return out
         checked = self.spec.decode([_json(messages[m].value()) for m in slow])
@@ -649,21 +725,42 @@ class SinkRuntime:
         if self.stats.last_error:
             log.info("PostgreSQL is back; batch written")
             self.stats.last_error = ""
-        offsets = [TopicPartition(self.topic, p, o) for p, o in batch.next_offsets.items()]
-        started = time.monotonic()
+        self._to_commit.update(batch.next_offsets)
+        self._commit_to_kafka()
+        self._observe_batch(batch, committed_at)
+
+    def _commit_to_kafka(self) -> None:
+        """Commit the written offsets to Kafka, asynchronously and one request at a time.
+
+        PostgreSQL holds the offsets every assignment starts from; Kafka's follow for lag
+        monitoring. A synchronous commit cost every batch a round trip to the group
+        coordinator (a few ms); unthrottled asynchronous ones queue up in front of the
+        heartbeats until the session times out. So at most one is in flight, and what
+        was written meanwhile goes in the next; the last ones synchronously at the stop."""
+        if self._commit_sent is not None or not self._to_commit:
+            return
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self._to_commit.items()]
+        self._to_commit = {}
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+            self._commit_sent = time.monotonic()
         except Exception as exc:  # the database holds the offsets; Kafka's are a convenience
             log.warning("Kafka offset commit failed (PostgreSQL has them): %s", exc)
-        self._observe_batch(batch, committed_at, time.monotonic() - started)
 
-    def _observe_batch(self, batch: _Batch, committed_at: float, kafka_commit_s: float) -> None:
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """An offset commit answered (called from ``consume``, on the main thread)."""
+        if self._commit_sent is not None:
+            self.metrics.kafka_commit_seconds.observe(time.monotonic() - self._commit_sent)
+            self._commit_sent = None
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            log.warning("Kafka offset commit failed (PostgreSQL has them): %s", err.str())
+
+    def _observe_batch(self, batch: _Batch, committed_at: float) -> None:
         """A written batch into the metrics (once per batch, on the main thread)."""
         m = self.metrics
         m.batches.inc()
         m.messages_in.inc(len(batch.messages))
         m.records_in.inc(batch.records)
-        m.kafka_commit_seconds.observe(kafka_commit_s)
         now = time.time()
         m.last_commit.labels(self.group, self.topic).set(now)
         if batch.oldest_ms is not None:
@@ -697,7 +794,7 @@ class SinkRuntime:
                 gauge.remove(self.group, self.topic, str(p))
         self._lag_series = set(self._assigned)
 
-    def _reduce(self, decoded: Decoded) -> tuple[list[Row], list[tuple[int, int | None]]]:
+    def _reduce(self, decoded: Decoded) -> tuple[list[Row], Sequence[Origin]]:
         """Each key's highest version; ties and unversioned rows: the later message."""
         rows = decoded.rows
         keyf = self._sql.key_of
@@ -720,9 +817,9 @@ class SinkRuntime:
                 if (r[vo] is None or old[vo] is None or r[vp] != old[vp] or r[vo] >= old[vo]):
                     best[k] = i
             keep = sorted(best.values())
-        return [rows[i] for i in keep], [decoded.origins[i] for i in keep]
+        return [rows[i] for i in keep], PickedOrigins(decoded.origins, keep)
 
-    def _write(self, rows: list[Row], origins: list[tuple[int, int | None]],
+    def _write(self, rows: list[Row], origins: Sequence[Origin],
                messages: list[Message], next_offsets: dict[int, int]) -> int:
         """Rows and offsets in one transaction; returns how many rows were refused. What
         the committed transaction did goes into the metrics."""
@@ -823,8 +920,9 @@ class SinkRuntime:
         sql = self._sql
         merge = rows
         new: list[Row] = []
-        if direct and self.spec.direct_new_keys:
-            new, merge = self._split_new(conn, rows)
+        split = direct and self.spec.direct_new_keys
+        if split:
+            new, merge = self._split_new(conn, rows)  # also moves the cache past the new
         if new:
             with conn.cursor().copy(sql.copy_direct) as copy:
                 copy.set_types(sql.types)
@@ -844,13 +942,16 @@ class SinkRuntime:
                 written.older += len(merge) - changed
                 if clear:
                     cur.execute(sql.clear_tmp)
-        self._remember_high(rows)
+        if not split:
+            self._remember_high(rows)
         written.copy_s = time.monotonic() - started
         return written
 
     def _split_new(self, conn: psycopg.Connection[Any], rows: list[Row]
                    ) -> tuple[list[Row], list[Row]]:
-        """Rows whose key cannot exist yet (past the greatest stored one of its series)."""
+        """Rows whose key cannot exist yet (past the greatest stored one of its series),
+        and the rest. The cache moves past each new row as it is found (a later row of
+        the series then has to pass it), so no second pass over the rows is needed."""
         sql = self._sql
         series_of, last = sql.series_of, sql.last_key_pos
         high = self._high
@@ -862,13 +963,19 @@ class SinkRuntime:
         new: list[Row] = []
         old: list[Row] = []
         for r in rows:
-            top = high[series_of(r)]
-            (new if top is None or r[last] > top else old).append(r)
+            series = series_of(r)
+            top = high[series]
+            if top is None or r[last] > top:
+                new.append(r)
+                high[series] = r[last]
+            else:
+                old.append(r)
         return new, old
 
     def _remember_high(self, rows: list[Row]) -> None:
-        # Called inside the transaction: on a rollback the cache may run ahead of the
-        # table, which only sends a row through the merge. It never falls behind.
+        # Called inside the transaction (as is _split_new): on a rollback the cache may
+        # run ahead of the table, which only sends a row through the merge. It never
+        # falls behind.
         series_of, last = self._sql.series_of, self._sql.last_key_pos
         high = self._high
         for r in rows:

@@ -18,6 +18,7 @@ from consumers.candle_sink import CANDLES
 from consumers.dom_sinks import DOM_METRICS, MARKET_DEPTH
 from consumers.runtime import SinkRuntime, SinkSpec, SinkStats
 from consumers.sentiment_sinks import SENTIMENT_DATA, SENTIMENT_METRICS
+from pipeline.gc_pauses import freeze_startup_objects
 from pipeline.observability.health import Health, serve
 from pipeline.observability.metrics import (
     SINK_METRICS_PORT,
@@ -78,6 +79,7 @@ def run_sinks(settings: Settings, tables: tuple[str, ...] = DEFAULT_TABLES
     try:
         for s in sinks.values():
             s.metrics_url = endpoints.url if endpoints is not None else None
+        freeze_startup_objects()
         return _run(sinks, tables)
     finally:
         if endpoints is not None:

@@ -161,7 +161,7 @@ class Settings(BaseModel):
     # Batching.
     frame_size: int = Field(500, ge=1, le=100_000)
     frame_linger_ms: int = Field(20, ge=0, le=60_000)
-    sink_batch_size: int = Field(5_000, ge=1, le=1_000_000)
+    sink_batch_size: int = Field(5_000, ge=1, le=1_000_000)  # messages per batch
     sink_batch_timeout_ms: int = Field(200, ge=1, le=60_000)
 
     # DOM metrics (pipeline.core.dom): bars of book metrics, and sampled snapshots.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -12,8 +13,8 @@ import orjson
 import pytest
 
 import schemas
-from consumers.candle_sink import CANDLES, WRITE_COLUMNS, CandleRecord
-from consumers.runtime import SinkRuntime
+from consumers.candle_sink import CANDLES, TIMEFRAME_NAMES, WRITE_COLUMNS, CandleRecord
+from consumers.runtime import MessageOrigins, PickedOrigins, SinkRuntime
 from pipeline.settings import Settings
 
 
@@ -108,3 +109,29 @@ def test_an_empty_frame_makes_no_row_and_a_missing_value_is_refused() -> None:
     decoded = _runtime()._decode([_Message(b"[]"), _Message(None)])
     assert decoded.rows == []
     assert [(r.message, r.index) for r in decoded.rejected] == [(1, None)]
+
+
+def test_the_timeframe_literal_admits_exactly_what_the_schema_pattern_admits() -> None:
+    pattern = re.compile(r"^[1-9][0-9]{0,3}[mhd]$")
+    candidates = {f"{n}{unit}" for n in range(0, 10_001) for unit in "smhdw"}
+    candidates |= {"01m", " 1m", "1m ", "1M", "", "m", "1"}
+    admitted = set(TIMEFRAME_NAMES)
+    assert {c for c in candidates if pattern.fullmatch(c)} == admitted & candidates
+    assert admitted <= candidates
+
+
+def test_origins_kept_per_message_answer_as_a_list_of_them_would() -> None:
+    origins = MessageOrigins()
+    explicit: list[tuple[int, int | None]] = []
+    for m, (count, framed) in enumerate([(3, True), (1, False), (0, True), (2, True),
+                                         (1, False)]):
+        origins.add(m, count, framed)
+        explicit += [(m, i) for i in range(count)] if framed else [(m, None)] * count
+    assert len(origins) == len(explicit)
+    assert list(origins) == explicit
+    assert [origins[i] for i in range(len(origins))] == explicit
+    assert origins[-1] == explicit[-1]
+    with pytest.raises(IndexError):
+        origins[len(explicit)]
+    keep = [0, 3, 6]
+    assert list(PickedOrigins(origins, keep)) == [explicit[i] for i in keep]

@@ -243,3 +243,38 @@ def test_rebalance_inside_a_batch_writes_nothing_of_revoked_partitions(
         thread.join(60)
         if trap.other is not None:
             trap.other.stop()
+
+
+def test_kafka_offsets_follow_the_written_ones_one_commit_at_a_time(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Batches of one message: hundreds of Kafka commits a second if each batch sent its
+    own. At most one is in flight, what is written meanwhile goes in the next, and
+    Kafka's offsets reach the written ones while the sink runs, without a rebalance."""
+    from pipeline.monitor import group_lag
+
+    settings = sink_settings(make_settings, sink_batch_size=1)
+    messages = [(symbol, [candle_record(symbol, T0 + i * 60_000, 1.0 + i / 1000)])
+                for i in range(400) for symbol in ("EUR/USD", "GBP/USD")]
+    produce_candles(settings, messages)
+    ends = {p: e for p, e in end_offsets(settings, settings.topics.candles).items() if e}
+
+    def kafka_committed() -> dict[int, int]:
+        return {p.partition: p.committed for p in group_lag(
+            settings, settings.sink_group, settings.topics.candles) if p.committed}
+
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+    try:
+        def caught_up() -> bool:
+            assert sink.alive(), f"the sink died:\n{sink.tail()}"
+            return stored_sink_offsets(settings) == ends and kafka_committed() == ends
+
+        wait_for(caught_up, 90, "PostgreSQL's and Kafka's offsets at the end")
+        log = sink.log.read_text()
+        assert "revoked" not in log and "commit failed" not in log, sink.tail()
+        assert sink.stop() == 0, sink.tail()
+        assert f"from {len(messages)} messages in {len(messages)} batches" in \
+            sink.log.read_text(), sink.tail()
+        assert kafka_committed() == ends
+    finally:
+        if sink.alive():
+            sink.stop()
