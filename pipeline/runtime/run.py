@@ -13,6 +13,7 @@ from pipeline.agents.candles import candle_agent
 from pipeline.agents.dom import dom_agent
 from pipeline.agents.orderbook import with_orderbook
 from pipeline.agents.sentiment import sentiment_agent
+from pipeline.gc_pauses import freeze_startup_objects
 from pipeline.observability.health import Health, Heartbeat, keep_beating, serve
 from pipeline.observability.metrics import WORKER_METRICS_PORT, WorkerMetrics, new_registry
 from pipeline.process_status import write_status
@@ -76,6 +77,7 @@ def run_worker(settings: Settings) -> None:
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False)
     keep_beating(worker.loop, loop_beat)
+    freeze_startup_objects()
     try:
         worker.execute_from_commandline()
     finally:
