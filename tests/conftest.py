@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -57,14 +57,31 @@ def make_settings(stack: RealStack, tmp_path: Path) -> Callable[..., Settings]:
     return build
 
 
+class Watched(Protocol):
+    """A process a wait watches (tests.pipeline_helpers.Proc)."""
+
+    log: Path
+
+    def alive(self) -> bool: ...
+
+    def tail(self, lines: int = 40) -> str: ...
+
+
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
-             interval_s: float = 0.2) -> Any:
-    """Poll until condition() is truthy; fail with ``what`` after timeout_s."""
+             interval_s: float = 0.2, watch: Sequence[Watched] = ()) -> Any:
+    """Poll until condition() is truthy; fail with ``what`` after timeout_s.
+
+    A process in ``watch`` that exits meanwhile fails the wait at once, and a timeout
+    shows the end of every watched log: what the processes said is the evidence."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        dead = [p for p in watch if not p.alive()]
+        if dead or time.monotonic() > deadline:
+            problem = (f"{', '.join(p.log.name for p in dead)} exited" if dead
+                       else f"timed out after {timeout_s} s")
+            logs = "".join(f"\n--- {p.log.name}:\n{p.tail()}" for p in watch)
+            raise AssertionError(f"{problem} waiting for {what}{logs}")
         time.sleep(interval_s)

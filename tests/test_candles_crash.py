@@ -38,6 +38,23 @@ def sink_offsets_total(settings: Settings) -> int:
     return int(row[0]) if row else 0
 
 
+def database_activity(settings: Settings) -> str:
+    """What every other PostgreSQL session is doing and waiting for, and the stored
+    offsets: the evidence when a sink stops making progress."""
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            sessions = conn.execute(
+                "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, "
+                "left(query, 120) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()").fetchall()
+            offsets = conn.execute("SELECT partition, next_offset FROM sink_offsets "
+                                   "ORDER BY partition").fetchall()
+    except psycopg.Error as exc:
+        return f"\n--- PostgreSQL: {exc}"
+    lines = "\n".join(map(str, sessions))
+    return f"\n--- PostgreSQL sessions:\n{lines}\n--- sink_offsets: {offsets}"
+
+
 def group_settled(settings: Settings, members: int) -> bool:
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
@@ -73,7 +90,8 @@ def test_worker_killed_at_random_points(make_settings: Callable[..., Settings], 
             target += rng.randint(800, 2500)
             wait_for(lambda t=target: committed_total(settings, settings.worker_group,
                                                       settings.topics.ticks) >= t,
-                     120, f"the worker to get past offset total {target}")
+                     120, f"the worker to get past offset total {target}",
+                     watch=[worker, sink])
             worker.kill9()
         worker = Proc(settings, ["worker"], tmp_path / "worker-final.log")
         wait_for_reference(settings, ref, [worker, sink], timeout_s=300)
@@ -98,8 +116,11 @@ def test_sink_killed_at_random_points(make_settings: Callable[..., Settings], tm
         for round_no in range(3):
             sink = Proc(settings, ["sink"], tmp_path / f"sink-{round_no}.log")
             target += rng.randint(2_000, 8_000)
-            wait_for(lambda t=target: sink_offsets_total(settings) >= t, 120,
-                     f"the sink to store offsets past {target}")
+            try:
+                wait_for(lambda t=target: sink_offsets_total(settings) >= t, 120,
+                         f"the sink to store offsets past {target}", watch=[worker, sink])
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}{database_activity(settings)}") from None
             sink.kill9()
         sink = Proc(settings, ["sink"], tmp_path / "sink-final.log")
         wait_for_reference(settings, ref, [worker, sink], timeout_s=300)
