@@ -154,7 +154,7 @@ def run_spec(spec: Any, msgs: list[tuple[str, list[Any]]], lose_outputs: float =
     states: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     for offset, (key, items) in enumerate(msgs):
-        out = spec.fold(states.get(key), key, items, offset, NOW)
+        out = spec.fold(states.get(key), key, items, offset, NOW, offset - 1)
         states[key] = orjson.loads(orjson.dumps(out.state))
         if rng.random() < lose_outputs:
             records.extend(spec.resend(states[key], NOW))
@@ -212,14 +212,15 @@ def test_orderbook_minutes_by_hand_and_the_state_they_keep() -> None:
 
     # B=3, A=1 for 15 s; then B=1, A=1 for 45 s -> B 90, A 60 (unit-seconds)
     out = spec.fold(None, "EUR/USD", [snap(T0, 3.0, 1.0), snap(T0 + 15_000, 1.0, 1.0),
-                                      snap(T0 + 60_000, 0.0, 0.0)], 0, NOW)
+                                      snap(T0 + 60_000, 0.0, 0.0)], 0, NOW, -1)
     assert orderbook_observations(out.outputs) == {("EUR/USD", T0 + 60_000): (60.0, 40.0)}
     # a late snapshot revises the minute: B=0, A=2 from T0 + 30 s -> B 45 + 15, A 15 + 15 + 60
-    out = spec.fold(out.state, "EUR/USD", [snap(T0 + 30_000, 0.0, 2.0)], 1, NOW)
+    out = spec.fold(out.state, "EUR/USD", [snap(T0 + 30_000, 0.0, 2.0)], 1, NOW, 0)
     assert orderbook_observations(out.outputs) == {("EUR/USD", T0 + 60_000): (40.0, 60.0)}
     # an empty book all minute: no observation, by the clock either
     assert orderbook_observations(spec.clock(out.state, NOW, NOW - 10_000)) == {}
     state = out.state
     for k in range(2, 40):
-        state = spec.fold(state, "EUR/USD", [snap(T0 + k * 60_000, 1.0, 1.0)], k, NOW).state
+        state = spec.fold(state, "EUR/USD", [snap(T0 + k * 60_000, 1.0, 1.0)], k, NOW,
+                          k - 1).state
     assert len(state["orderbook"]) <= 4  # the lateness is two minutes

@@ -351,3 +351,19 @@ def test_records_match_their_schemas() -> None:
     for rec in records:
         full = {**rec, "src_partition": 0, "src_offset": 1}
         schemas.validate(rec["kind"], full)
+
+
+def test_a_state_from_before_unsettled_positions_resends_what_its_message_sent() -> None:
+    cfg = config(lateness_ms=5 * MIN)
+    state = None
+    for k in range(10):
+        state = fold(state, "EUR/USD", [o(T0 + k * HOUR, 50.0 + k)], k, NOW, cfg).state
+    late = fold(state, "EUR/USD", [o(T0 + 9 * HOUR - 4 * MIN, 20.0)], 10, NOW, cfg)
+    assert late.state["providers"]["p"]["unsettled"] == [[10, T0 + 9 * HOUR - 4 * MIN]]
+    old = orjson.loads(orjson.dumps(late.state))  # as an earlier fxstream stored it
+    for p in old["providers"].values():
+        p["sent_from"] = p.pop("unsettled")[0][1]
+    assert all_records(old, cfg) == all_records(late.state, cfg)
+    again = fold(old, "EUR/USD", [o(T0 + 10 * HOUR, 60.0)], 11, NOW, cfg, settled=9)
+    assert again.state["providers"]["p"]["unsettled"] == [
+        [10, T0 + 9 * HOUR - 4 * MIN], [11, T0 + 10 * HOUR]]

@@ -264,16 +264,27 @@ def test_orderflow_of_replayed_ticks_equals_the_reference(
 
 def test_the_bench_measures_the_sentiment_agent(make_settings: Callable[..., Settings],
                                                  tmp_path: Path) -> None:
-    from bench.harness import BenchEnv, drop_database, measure_sentiment_agent
+    from confluent_kafka.admin import AdminClient
+
+    from bench.harness import BenchEnv, measure_sentiment_agent
 
     base = make_settings(symbols=KNOWN, partitions=2, session_timeout_s=6.0)
     env = BenchEnv.fresh(base, tmp_path / "bench")
+    admin = AdminClient({"bootstrap.servers": base.kafka_bootstrap})
+
+    def tagged() -> list[str]:
+        return [t for t in admin.list_topics(timeout=10).topics if env.tag in t]
+
     try:
         got = measure_sentiment_agent(env, 3_000, list(KNOWN), seed=1, frame_size=100)
+        # the measurement's own topics and the worker's changelogs
+        assert any(t.endswith("-changelog") for t in tagged()), tagged()
     finally:
-        drop_database(env.settings.database_url)
+        env.remove()
     assert got["observations"] == got["observations_produced"] == 3_000
     assert got["messages"] >= 30 and got["observations_per_s"] > 0
+    # nothing of the measurement stays behind on the broker
+    wait_for(lambda: not tagged(), 30, "the measurement's topics to be deleted")
 
 
 def test_the_demo_shows_sentiment(stack: RealStack, tmp_path: Path) -> None:
@@ -337,4 +348,57 @@ def test_orderbook_of_replayed_books_equals_the_reference(
         assert not [d for d in letters if d["source"]["topic"] == settings.topics.sentiment]
     finally:
         assert sink.stop() == 0, sink.tail()
+        assert worker.stop() == 0, worker.tail()
+
+
+def test_the_state_keeps_what_unacknowledged_messages_sent(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """The worker tells the fold how far Kafka has acknowledged its outputs: until the
+    commit timer's producer flush, each message's state keeps what the earlier
+    messages sent (for recovery to re-send); after it, only its own."""
+    settings = sentiment_settings(make_settings)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    topic = settings.topics.sentiment
+    changelog = f"{settings.worker_group}-sentiment-state-changelog"
+
+    def send(k: int) -> None:
+        producer.produce(topic, key=b"EUR/USD", value=orjson.dumps(
+            {"symbol": "EUR/USD", "ts_ms": T0 + k * 60_000, "provider": "ig",
+             "long_pct": 40.0 + k % 20, "short_pct": 60.0 - k % 20}))
+        assert producer.flush(30) == 0
+
+    def unsettled() -> dict[int, list[int]]:
+        """Per stored state: the positions whose records it keeps re-sendable."""
+        return {value["o"]: [u[0] for u in value["s"]["providers"]["ig"]["unsettled"]]
+                for key, value in read_topic(settings, changelog) if key == b"EUR/USD"}
+
+    burst = 40
+    for k in range(burst):  # one message each, all before the worker's first commit tick
+        send(k)
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    sent = [burst]
+    try:
+        wait_for(lambda: committed_total(settings, settings.worker_group, topic) >= burst,
+                 120, "the worker to commit the burst", watch=[worker])
+        kept = unsettled()
+        assert sorted(kept) == list(range(burst))
+        assert max(len(v) for v in kept.values()) >= 2, kept
+
+        def only_its_own() -> bool:
+            """Once a flush has settled what came before, a message's state keeps only
+            what it sent itself; each try sends one more message once the last is
+            committed (a commit can be Faust's own, before the runtime's flush)."""
+            if committed_total(settings, settings.worker_group, topic) < sent[0]:
+                return False
+            newest = max(kept := unsettled())
+            if newest == sent[0] - 1 and kept[newest] == [newest]:
+                return True
+            send(sent[0])
+            sent[0] += 1
+            return False
+
+        wait_for(only_its_own, 60, "a message whose state keeps only its own records",
+                 watch=[worker])
+    finally:
         assert worker.stop() == 0, worker.tail()

@@ -27,8 +27,8 @@ def candle_agent(settings: Settings) -> AgentSpec:
     config = candle_config(settings)
 
     def fold_message(state: dict[str, Any] | None, symbol: str, ticks: list[Any],
-                     position: int, now_ms: int) -> FoldOutcome:
-        r = fold(state, symbol, ticks, position, now_ms, config)
+                     position: int, now_ms: int, settled: int) -> FoldOutcome:
+        r = fold(state, symbol, ticks, position, now_ms, config, settled)
         return FoldOutcome(
             state=r.state, outputs=r.candles, accepted=r.accepted, skipped=r.skipped,
             rejects=[Reject(x.index, x.reason, x.detail, x.tick) for x in r.rejected])

@@ -32,8 +32,8 @@ def dom_agent(settings: Settings) -> AgentSpec:
     config = dom_config(settings)
 
     def fold_message(state: dict[str, Any] | None, symbol: str, snapshots: list[Any],
-                     position: int, now_ms: int) -> FoldOutcome:
-        r = fold(state, symbol, snapshots, position, now_ms, config)
+                     position: int, now_ms: int, settled: int) -> FoldOutcome:
+        r = fold(state, symbol, snapshots, position, now_ms, config, settled)
         return FoldOutcome(
             state=r.state, outputs=r.records, accepted=r.accepted, skipped=r.skipped,
             rejects=[Reject(x.index, x.reason, x.detail, x.snapshot) for x in r.rejected])

@@ -29,8 +29,8 @@ def with_orderbook(spec: AgentSpec, settings: Settings) -> AgentSpec:
     dom_fold, dom_clock, dom_resend = spec.fold, spec.clock, spec.resend
 
     def fold_message(state: dict[str, Any] | None, symbol: str, snapshots: list[Any],
-                     position: int, now_ms: int) -> FoldOutcome:
-        out = dom_fold(state, symbol, snapshots, position, now_ms)
+                     position: int, now_ms: int, settled: int) -> FoldOutcome:
+        out = dom_fold(state, symbol, snapshots, position, now_ms, settled)
         if out.skipped or out.state is None:
             return out
         refused = {r.index for r in out.rejects}
@@ -43,7 +43,7 @@ def with_orderbook(spec: AgentSpec, settings: Settings) -> AgentSpec:
                                           orderbook.depth(raw["asks"], levels)))
         records: list[dict[str, Any]] = []
         kept = orderbook.emit_and_evict(minutes, changed, out.state["max_ts"], lateness,
-                                        symbol, records)
+                                        symbol, records, position, settled)
         return FoldOutcome(state={**out.state, KEY: kept}, outputs=out.outputs + records,
                            rejects=out.rejects, accepted=out.accepted)
 

@@ -34,8 +34,8 @@ def sentiment_agent(settings: Settings) -> AgentSpec:
     config = sentiment_config(settings)
 
     def fold_message(state: dict[str, Any] | None, symbol: str, observations: list[Any],
-                     position: int, now_ms: int) -> FoldOutcome:
-        r = fold(state, symbol, observations, position, now_ms, config)
+                     position: int, now_ms: int, settled: int) -> FoldOutcome:
+        r = fold(state, symbol, observations, position, now_ms, config, settled)
         return FoldOutcome(
             state=r.state, outputs=r.records, accepted=r.accepted, skipped=r.skipped,
             rejects=[Reject(x.index, x.reason, x.detail, x.observation) for x in r.rejected])

@@ -55,7 +55,8 @@ STATE_VERSION = 1
 
 # A bar is a list, for speed and a compact changelog:
 START, OPEN, HIGH, LOW, CLOSE, COUNT, VOLUME, OPEN_TS, CLOSE_TS, DONE = range(10)
-# DONE: 1 once the bar has been emitted complete and not changed since.
+# DONE: 0, or once the bar has been emitted complete and not changed since, the
+# position of the message that emitted it plus one (states before positions: 1).
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,16 @@ def upgrade_state(state: dict[str, Any] | None, symbol: str,
 
 
 def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: int,
-         now_ms: int, config: CandleConfig) -> FoldResult:
+         now_ms: int, config: CandleConfig, settled: int | None = None) -> FoldResult:
     """Apply one message (``ticks`` from source ``offset``) to a symbol's state.
 
     ``ticks`` are raw decoded JSON objects; each is checked here. ``symbol`` is the
     message key, already canonical. ``now_ms`` is the wall clock, for the future
-    rule only. The input state is not modified.
+    rule only. ``settled`` is the newest source position whose outputs are known to
+    be stored downstream (None: every earlier message's, as when the caller writes
+    outputs itself); a bar leaves the state only once the message that sent its
+    final version is settled, so recovery can always re-send it. The input state is
+    not modified.
     """
     state = upgrade_state(state, symbol, config)
     if offset <= state["offset"]:
@@ -268,6 +273,7 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     }
     candles: list[dict[str, Any]] = []
     new_bars: dict[str, list[list[Any]]] = {}
+    done_by = offset if settled is None else settled + 1  # DONE at or below: settled
     for tf in config.timeframes:
         bars = {bar[START]: list(bar) for bar in state["bars"].get(tf.name, ())}
         dirty: set[int] = set()
@@ -280,11 +286,11 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
                 _merge(bar, p)
             dirty.add(start)
         new_bars[tf.name] = _emit_and_evict(bars, dirty, tf, max_ts, config, symbol, provider,
-                                            candles)
+                                            candles, offset, done_by)
     new["bars"] = new_bars
     if flow is not None:
         new["flow"] = orderflow.merge_and_emit(state.get("flow", []), flow, max_ts, lateness,
-                                               symbol, candles)
+                                               symbol, candles, offset, done_by)
     return FoldResult(new, candles, rejected, accepted=accepted, duplicates=duplicates)
 
 
@@ -306,7 +312,8 @@ def _merge(bar: list[Any], p: list[Any]) -> None:
 
 def _emit_and_evict(bars: dict[int, list[Any]], dirty: set[int], tf: Timeframe,
                     max_ts: int | None, config: CandleConfig, symbol: str,
-                    provider: str | None, out: list[dict[str, Any]]) -> list[list[Any]]:
+                    provider: str | None, out: list[dict[str, Any]], offset: int,
+                    done_by: int) -> list[list[Any]]:
     keep: list[list[Any]] = []
     horizon = None if max_ts is None else max_ts - config.lateness_ms
     for start in sorted(bars):
@@ -316,11 +323,12 @@ def _emit_and_evict(bars: dict[int, list[Any]], dirty: set[int], tf: Timeframe,
         changed = start in dirty
         if changed or (complete and not bar[DONE]):
             out.append(candle_record(symbol, tf.name, bar, complete, provider))
-            bar[DONE] = 1 if complete else 0
+            bar[DONE] = offset + 1 if complete else 0
             changed = True
-        # Bars no late tick can reach any more leave the state, but only once their
-        # final version went out in an earlier message (so recovery can re-send it).
-        if bar[DONE] and not changed and horizon is not None and end <= horizon:
+        # Bars no late tick can reach any more leave the state, but only once the
+        # message that sent their final version is settled (so recovery can re-send it).
+        if (bar[DONE] and bar[DONE] <= done_by and not changed and horizon is not None
+                and end <= horizon):
             continue
         keep.append(bar)
     return keep

@@ -25,11 +25,10 @@ at one millisecond only the last arrival stands for any time, so one point per
 millisecond is kept, as two flat lists (offsets from the bar's start, values),
 which is what makes most of a busy symbol's state.
 
-A sample keeps its whole book only in the state of the message that changed it
-(recovery re-sends it from there); afterwards only its period and time, which
-is all a late snapshot needs to know whether it replaces the sample. This is
-the assumption candle bars leaving the state rest on too: a record sent with an
-earlier message went out.
+A sample keeps its whole book until the message that changed it is settled (its
+outputs known stored downstream; recovery re-sends it until then); afterwards only
+its period and time, which is all a late snapshot needs to know whether it
+replaces the sample. Bars leave the state on the same rule, as candle bars do.
 """
 
 from __future__ import annotations
@@ -59,14 +58,16 @@ SAMPLE_KIND = "depth_sample"
  MICRO_TS, WMID, WMID_TS, UPDATES, CROSSED, POINTS, DONE, PRE_SUM, PRE_WEIGHT) = range(21)
 # OPEN_TS/CLOSE_TS: event times of the snapshots giving open and close of mid (None
 # while no snapshot of the bar has a mid); MICRO_TS, WMID_TS likewise. POINTS:
-# [offsets from START, imbalances], sorted by offset. DONE: 1 once emitted complete
-# and not changed since. PRE_SUM, PRE_WEIGHT: the imbalance-times-duration and the
-# duration of the points that left POINTS (those before the last point ahead of the
-# lateness horizon, which no late snapshot can change any more).
+# [offsets from START, imbalances], sorted by offset. DONE: once emitted complete
+# and not changed since, the position of the message that sent it plus one.
+# PRE_SUM, PRE_WEIGHT: the imbalance-times-duration and the duration of the points
+# that left POINTS (those before the last point ahead of the lateness horizon, which
+# no late snapshot can change any more).
 
-# A sample: [bucket start, ts, provider, bids, asks, mid, spread, imbalance], or only
-# [bucket start, ts] once the message that changed it has passed.
-S_START, S_TS, S_PROVIDER, S_BIDS, S_ASKS, S_MID, S_SPREAD, S_IMB = range(8)
+# A sample: [bucket start, ts, provider, bids, asks, mid, spread, imbalance, position
+# of the message that changed it], or only [bucket start, ts] once that message is
+# settled. (States written before positions were kept lack the position.)
+S_START, S_TS, S_PROVIDER, S_BIDS, S_ASKS, S_MID, S_SPREAD, S_IMB, S_AT = range(9)
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,13 @@ def upgrade_state(state: dict[str, Any] | None, symbol: str,
 
 
 def fold(state: dict[str, Any] | None, symbol: str, snapshots: list[Any], offset: int,
-         now_ms: int, config: DomConfig) -> DomFoldResult:
+         now_ms: int, config: DomConfig, settled: int | None = None) -> DomFoldResult:
     """Apply one message (``snapshots`` from source ``offset``) to a symbol's state.
 
     ``symbol`` is the message key, already canonical; ``now_ms`` the wall clock, for
-    the future rule only. The input state is not modified."""
+    the future rule only; ``settled`` the newest source position whose outputs are
+    known stored downstream (None: every earlier message's), as for candles
+    (pipeline.core.candles.fold). The input state is not modified."""
     state = upgrade_state(state, symbol, config)
     if offset <= state["offset"]:
         return DomFoldResult(state, [], [], skipped=True)
@@ -204,7 +207,7 @@ def fold(state: dict[str, Any] | None, symbol: str, snapshots: list[Any], offset
         sample = samples.get(bucket)
         if sample is None or ts >= sample[S_TS]:
             samples[bucket] = [bucket, ts, snap.provider, snap.bids, snap.asks, m.mid,
-                               m.spread, m.imbalance]
+                               m.spread, m.imbalance, offset]
             dirty_samples.add(bucket)
 
     new = {
@@ -217,10 +220,12 @@ def fold(state: dict[str, Any] | None, symbol: str, snapshots: list[Any], offset
     }  # fmt: skip
     records: list[dict[str, Any]] = []
     horizon = None if max_ts is None else max_ts - lateness
+    if settled is None:
+        settled = offset - 1
     new_bars: dict[str, list[list[Any]]] = {}
     for tf in config.timeframes:
         kept = _emit_and_evict(bars[tf.name], dirty[tf.name], tf, max_ts, horizon, config,
-                               symbol, provider, records)
+                               symbol, provider, records, offset, settled + 1)
         if horizon is not None:
             for bar in kept:
                 _settle(bar, horizon)
@@ -232,8 +237,11 @@ def fold(state: dict[str, Any] | None, symbol: str, snapshots: list[Any], offset
         if start in dirty_samples:
             records.append(sample_record(symbol, sample))
             kept_samples.append(sample)
+        elif len(sample) > S_TS + 1 and (sample[S_AT] if len(sample) > S_AT
+                                         else state["offset"]) > settled:
+            kept_samples.append(sample)  # recovery may still have to re-send it
         elif horizon is None or start + config.sample_ms > horizon:
-            kept_samples.append(sample[:2])  # its last version went out with an earlier message
+            kept_samples.append(sample[:2])  # the message that sent it is settled
     new["samples"] = kept_samples
     return DomFoldResult(new, records, rejected, accepted=accepted)
 
@@ -336,7 +344,8 @@ def weighted_imbalance(bar: list[Any], end: int) -> float | None:
 
 def _emit_and_evict(bars: dict[int, list[Any]], dirty: set[int], tf: Timeframe,
                     max_ts: int | None, horizon: int | None, config: DomConfig, symbol: str,
-                    provider: str | None, out: list[dict[str, Any]]) -> list[list[Any]]:
+                    provider: str | None, out: list[dict[str, Any]], offset: int,
+                    done_by: int) -> list[list[Any]]:
     keep: list[list[Any]] = []
     for start in sorted(bars):
         bar = bars[start]
@@ -345,11 +354,12 @@ def _emit_and_evict(bars: dict[int, list[Any]], dirty: set[int], tf: Timeframe,
         changed = start in dirty
         if changed or (complete and not bar[DONE]):
             out.append(bar_record(symbol, tf, bar, complete, provider, max_ts, config))
-            bar[DONE] = 1 if complete else 0
+            bar[DONE] = offset + 1 if complete else 0
             changed = True
-        # Bars no late snapshot can reach leave the state, but only once their final
-        # version went out with an earlier message (so recovery can re-send it).
-        if bar[DONE] and not changed and horizon is not None and end <= horizon:
+        # Bars no late snapshot can reach leave the state, but only once the message
+        # that sent their final version is settled (so recovery can re-send it).
+        if (bar[DONE] and bar[DONE] <= done_by and not changed and horizon is not None
+                and end <= horizon):
             continue
         keep.append(bar)
     return keep

@@ -99,11 +99,12 @@ def copy_minutes(old: list[list[Any]]) -> dict[int, list[Any]]:
 
 
 def emit_and_evict(minutes: dict[int, list[Any]], changed: set[int], max_ts: int | None,
-                   lateness_ms: int, symbol: str, out: list[dict[str, Any]]
-                   ) -> list[list[Any]]:
+                   lateness_ms: int, symbol: str, out: list[dict[str, Any]], offset: int,
+                   settled: int) -> list[list[Any]]:
     """Observations of the minutes complete by event time and not sent since they last
-    changed go to ``out``; returns the minutes a late snapshot can still reach or that
-    this message sent, settled."""
+    changed go to ``out`` (DONE: the sending message's ``offset`` plus one); returns
+    the minutes a late snapshot can still reach or whose sending message is not yet
+    ``settled`` (its outputs known stored), settled."""
     horizon = None if max_ts is None else max_ts - lateness_ms
     keep: list[list[Any]] = []
     for start in sorted(minutes):
@@ -114,11 +115,11 @@ def emit_and_evict(minutes: dict[int, list[Any]], changed: set[int], max_ts: int
             obs = observation(symbol, entry)
             if obs is not None:
                 out.append(obs)
-            entry[DONE] = 1
+            entry[DONE] = offset + 1
             sent = True
-        if entry[DONE] and not sent and start not in changed and horizon is not None \
-                and end <= horizon:
-            continue  # its last version went out with an earlier message
+        if (entry[DONE] and entry[DONE] <= settled + 1 and not sent and start not in changed
+                and horizon is not None and end <= horizon):
+            continue  # the message that sent its last version is settled
         if horizon is not None:
             _settle(entry, horizon)
         keep.append(entry)

@@ -41,10 +41,12 @@ def observation(symbol: str, minute: list[int]) -> dict[str, Any]:
 
 
 def merge_and_emit(old: list[list[int]], counts: dict[int, list[int]], max_ts: int | None,
-                   lateness_ms: int, symbol: str, out: list[dict[str, Any]]
-                   ) -> list[list[int]]:
+                   lateness_ms: int, symbol: str, out: list[dict[str, Any]], offset: int,
+                   done_by: int) -> list[list[int]]:
     """The state's minutes with this message's counts added; observations of the
-    minutes complete by event time and not sent since they last changed go to ``out``."""
+    minutes complete by event time and not sent since they last changed go to ``out``
+    (DONE: the sending message's ``offset`` plus one). A minute leaves once no late
+    tick can reach it and its DONE is at or below ``done_by`` (its message settled)."""
     minutes = {m[START]: list(m) for m in old}
     for start, (up, down) in counts.items():
         entry = minutes.get(start)
@@ -62,10 +64,11 @@ def merge_and_emit(old: list[list[int]], counts: dict[int, list[int]], max_ts: i
         changed = start in counts
         if not entry[DONE] and max_ts is not None and end <= max_ts:
             out.append(observation(symbol, entry))
-            entry[DONE] = 1
+            entry[DONE] = offset + 1
             changed = True
-        if entry[DONE] and not changed and horizon is not None and end <= horizon:
-            continue  # its last version went out with an earlier message
+        if (entry[DONE] and entry[DONE] <= done_by and not changed and horizon is not None
+                and end <= horizon):
+            continue  # the message that sent its last version is settled
         keep.append(entry)
     return keep
 

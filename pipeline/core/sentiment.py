@@ -1,8 +1,10 @@
 """Folding positioning observations into sentiment metrics: pure.
 
 A symbol's whole sentiment state is one plain, JSON-able dict: per provider, the
-observations a metric can still need (see `_prune`) and the provider's newest
-event time, plus the last applied source offset. The worker keeps it in a Faust
+observations a metric can still need (see `_prune`), the provider's newest event
+time and, for the messages not yet settled (their outputs not yet known stored
+downstream), the earliest time each one sent from; plus the last applied source
+offset. The worker keeps it in a Faust
 table keyed by symbol and writes it once per message.
 
 Per symbol and provider, the observations make a step function of time: each
@@ -94,18 +96,25 @@ def upgrade_state(state: dict[str, Any] | None, symbol: str) -> dict[str, Any]:
 
 
 def fold(state: dict[str, Any] | None, symbol: str, observations: list[Any], offset: int,
-         now_ms: int, config: SentimentConfig) -> SentimentFoldResult:
+         now_ms: int, config: SentimentConfig, settled: int | None = None
+         ) -> SentimentFoldResult:
     """Apply one message (``observations`` from source ``offset``) to a symbol's state.
 
     ``symbol`` is the message key, already canonical; ``now_ms`` the wall clock, for the
-    future rule only. The input state is not modified."""
+    future rule only; ``settled`` the newest source position whose outputs are known
+    stored downstream (None: every earlier message's). What the messages after it sent
+    stays in the state for recovery to re-send. The input state is not modified."""
     state = upgrade_state(state, symbol)
     if offset <= state["offset"]:
         return SentimentFoldResult(state, [], [], skipped=True)
+    if settled is None:
+        settled = offset - 1
     lateness = config.lateness_ms
     newest_ok = future_limit(now_ms, config.future_tolerance_ms)
     known = config.known_symbols
-    providers = {name: {"max_ts": p["max_ts"], "obs": p["obs"], "sent_from": None}
+    providers = {name: {"max_ts": p["max_ts"], "obs": p["obs"],
+                        "unsettled": [u for u in _unsettled(p, state["offset"])
+                                      if u[0] > settled]}
                  for name, p in state["providers"].items()}
     changed: dict[str, set[int]] = {}
     rejected: list[Rejected] = []
@@ -132,7 +141,7 @@ def fold(state: dict[str, Any] | None, symbol: str, observations: list[Any], off
             continue
         p = providers.get(obs.provider)
         if p is None:
-            p = providers[obs.provider] = {"max_ts": None, "obs": [], "sent_from": None}
+            p = providers[obs.provider] = {"max_ts": None, "obs": [], "unsettled": []}
         if p["max_ts"] is not None and ts < p["max_ts"] - lateness:
             rejected.append(Rejected(index, "late", f"{p['max_ts'] - ts} ms behind the newest "
                                      f"observation of {symbol} from {obs.provider} (allowed "
@@ -157,8 +166,11 @@ def fold(state: dict[str, Any] | None, symbol: str, observations: list[Any], off
             if o[TS] in touched:
                 records.append(data_record(symbol, name, o))
         records.extend(metric_records(symbol, name, obs_list, start, config))
-        p["sent_from"] = start
-        p["obs"] = _prune(obs_list, min(p["max_ts"] - lateness, start) - LONGEST_MS)
+        unsettled = p["unsettled"]
+        while unsettled and unsettled[-1][1] >= start:  # the earliest start is what counts
+            unsettled.pop()
+        unsettled.append([offset, start])
+        p["obs"] = _prune(obs_list, min(p["max_ts"] - lateness, unsettled[0][1]) - LONGEST_MS)
     new = {
         **state, "offset": offset, "providers": providers,
         "counts": {
@@ -168,6 +180,16 @@ def fold(state: dict[str, Any] | None, symbol: str, observations: list[Any], off
         },
     }  # fmt: skip
     return SentimentFoldResult(new, records, rejected, accepted=accepted)
+
+
+def _unsettled(provider: dict[str, Any], offset: int) -> list[list[int]]:
+    """[[position, earliest time it sent], ...] of a provider's unsettled messages,
+    increasing in both; a state from before these were kept has the one message it
+    was written by (``sent_from``)."""
+    if "unsettled" in provider:
+        return provider["unsettled"]
+    sent_from = provider.get("sent_from")
+    return [] if sent_from is None else [[offset, sent_from]]
 
 
 def _insert(obs_list: list[list[Any]], item: list[Any]) -> None:
@@ -189,8 +211,8 @@ def _prune(obs_list: list[list[Any]], cutoff: int) -> list[list[Any]]:
     observations after ``cutoff`` and the one standing at it.
 
     A metric is computed again only at a time from which a late observation can
-    arrive (at least the newest time minus the lateness) or that this message sent
-    (recovery re-sends those), so nothing before the observation standing an hour
+    arrive (at least the newest time minus the lateness) or that an unsettled message
+    sent (recovery re-sends those), so nothing before the observation standing an hour
     before the earliest of them is ever read again. When observations were dropped
     the first kept one stands at every window start that is read, so a window that
     starts before the first kept observation is one with less history than it."""
@@ -276,16 +298,17 @@ def data_record(symbol: str, provider: str, o: list[Any]) -> dict[str, Any]:
 
 def all_records(state: dict[str, Any], config: SentimentConfig) -> list[dict[str, Any]]:
     """What recovery re-sends: per provider, the observations and metrics from the
-    earlier of what the last message sent and the lateness horizon (both exact with
-    the observations the state keeps)."""
+    earliest of what the unsettled messages sent and the lateness horizon (all exact
+    with the observations the state keeps)."""
     out: list[dict[str, Any]] = []
     symbol = state["symbol"]
     for name, p in state["providers"].items():
         if p["max_ts"] is None:
             continue
         start = p["max_ts"] - config.lateness_ms
-        if p.get("sent_from") is not None:
-            start = min(start, p["sent_from"])
+        unsettled = _unsettled(p, state["offset"])
+        if unsettled:
+            start = min(start, unsettled[0][1])
         out.extend(data_record(symbol, name, o) for o in p["obs"] if o[TS] >= start)
         out.extend(metric_records(symbol, name, p["obs"], start, config))
     return out

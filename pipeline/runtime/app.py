@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import aiokafka
@@ -10,11 +11,13 @@ import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
+from pipeline.runtime.commit_floor import CommitFloor
 from pipeline.settings import Settings
 
 
 def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
-    """Faust's aiokafka consumer with the broker's fetch wait set to ``wait_ms``.
+    """Faust's aiokafka consumer with the broker's fetch wait set to ``wait_ms``, and
+    offset commits that never go back (pipeline.runtime.commit_floor).
 
     Faust hard-codes ``fetch_max_wait_ms=1500``. While a fetched batch waits to be
     processed, aiokafka fetches only the partitions with nothing pending; when one of
@@ -30,8 +33,28 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
             return consumer
 
     class FetchWaitConsumer(AIOKafkaConsumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.commit_floor = CommitFloor()
+            super().__init__(*args, **kwargs)
+
         def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
             return FetchWaitThread(self, loop=self.loop, beacon=self.beacon)
+
+        async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+            # Both committers (the runtime's and Faust's own) come through here.
+            floor = self.commit_floor
+            ahead = floor.ahead(offsets)
+            if not ahead:
+                return True
+            done = await super()._commit(ahead)
+            if done:
+                floor.committed(ahead, self.assignment())
+            return done
+
+        async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+            # after Faust's own commit at revocation, which the floor still guards
+            await super().on_partitions_revoked(revoked)
+            self.commit_floor.forget(revoked)
 
     return FetchWaitConsumer
 

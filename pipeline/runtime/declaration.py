@@ -3,16 +3,21 @@
 An agent folds the messages of one key (a canonical symbol) into that key's
 state. Its three functions are pure: no Kafka, no Faust, no clock of their own.
 
-- ``fold(state, key, items, position, now_ms)``: one source message (``items`` are
-  its decoded JSON values: a frame or a single value in a list) applied to the
-  key's state (None when there is none yet). ``position`` is the message's logical
-  offset, increasing within the source partition.
+- ``fold(state, key, items, position, now_ms, settled)``: one source message
+  (``items`` are its decoded JSON values: a frame or a single value in a list)
+  applied to the key's state (None when there is none yet). ``position`` is the
+  message's logical offset, increasing within the source partition; ``settled`` the
+  newest position of that partition whose outputs Kafka has acknowledged (-1: none
+  known). Whatever a message after ``settled`` sent must stay re-sendable from the
+  state: Kafka stores the changelog record and the outputs of a message
+  independently, so a kill -9 can keep the state of many messages and lose their
+  outputs.
 - ``clock(state, now_ms, last_arrival_ms)``: records the wall clock closes while no
   message arrives (e.g. a quiet bar). The runtime remembers what it sent; the next
   message folds as usual.
 - ``resend(state, now_ms)``: every record the state still stands for, re-sent after
-  recovery (a changelog record can reach the broker while the same message's
-  outputs did not; downstream upserts make the repeat harmless).
+  recovery: at least everything the unsettled messages sent (downstream upserts
+  make the repeat harmless).
 
 Every record the runtime publishes carries its version: ``src_partition`` and
 ``src_offset``, the source position of the state that produced it, so a sink can
@@ -61,7 +66,7 @@ class AgentSpec:
     source: str  # e.g. "ticks"
     output: str  # e.g. "candles"
     table: str  # Faust table name, e.g. "candle-state"
-    fold: Callable[[State | None, str, list[Any], int, int], FoldOutcome]
+    fold: Callable[[State | None, str, list[Any], int, int, int], FoldOutcome]
     clock: Callable[[State, int, int | None], list[Record]]
     resend: Callable[[State, int], list[Record]]
     known_keys: frozenset[str] | None = None  # None: every canonical symbol

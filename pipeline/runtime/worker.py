@@ -7,17 +7,23 @@ Per source message, in order, for each agent (concurrency 1):
 2. decode it and check its key: invalid JSON, a key that is not a canonical symbol,
    a symbol the configuration does not know (no state is made for it) or a symbol
    on the wrong partition go to the dead-letter topic with their reason;
-3. fold it into the key's state with the agent's pure function;
+3. fold it into the key's state with the agent's pure function, told the newest
+   position of the partition whose outputs Kafka has acknowledged ("settled"): the
+   state keeps re-sendable whatever the messages after it sent, since Kafka stores
+   a changelog record and the outputs published before it independently;
 4. publish its dead letters and wait until Kafka has them, publish the outputs at
    once (each stamped with its version, the source partition and offset), then
    write ONE changelog record: the key's state with its position, or, when the
    message stores no state, the partition's cursor.
 
 One timer commits, once a second, the offsets the cursors say are applied, after a
-producer flush; another closes, by the wall clock, what quiet keys hold. After
-every rebalance the runtime rebuilds its view of the partitions it holds from the
-recovered table, forgets everything else (Faust's memory store keeps keys of
-revoked partitions), and re-sends what the held states stand for.
+producer flush, which also settles the positions applied before it (no commit, this
+one's or Faust's own, moves a held partition's offset back:
+pipeline.runtime.commit_floor); another closes, by the wall clock, what quiet keys
+hold. After every rebalance the runtime rebuilds its view of the
+partitions it holds from the recovered table, forgets everything else (Faust's
+memory store keeps keys of revoked partitions), and re-sends what the held states
+stand for.
 """
 
 from __future__ import annotations
@@ -102,6 +108,9 @@ class PartitionView:
     cursor: Cursor = field(default_factory=Cursor)
     keys: set[bytes] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)  # its last message delivered
+    # The newest position whose outputs Kafka has acknowledged (a producer flush
+    # returned after it was applied); -1 until the first flush after recovery.
+    settled: int = -1
 
 
 class AgentRuntime:
@@ -129,6 +138,7 @@ class AgentRuntime:
         self._published: dict[str, int] = {}  # stats already added to the counters
         self.views: dict[int, PartitionView] = {}
         self.ready = False  # False from a revocation until recovery has been taken in
+        self.resending = False  # recovery's re-send under way: nothing it sent is settled
         self.not_ready_since = time.monotonic()
         metrics.recovering.set(1)
         self.arrivals: dict[bytes, int] = {}  # key -> wall ms its newest message arrived
@@ -242,7 +252,7 @@ class AgentRuntime:
             assert key is not None and symbol is not None
             raw_state = self.table.get(key)
             state = None if raw_state is None else decode_envelope(raw_state)[2]
-            outcome = self.spec.fold(state, symbol, items, position, now)
+            outcome = self.spec.fold(state, symbol, items, position, now, view.settled)
             rejects.extend(outcome.rejects)
             if outcome.state is not None and not outcome.skipped:
                 state_value = encode_envelope(partition, position, outcome.state)
@@ -339,6 +349,13 @@ class AgentRuntime:
     async def _after_recovery(self) -> None:
         """Take in the recovered table: views of held partitions only, stale keys gone,
         the source topic's identity checked, and every held state re-sent."""
+        self.resending = True
+        try:
+            await self._take_in_recovered()
+        finally:
+            self.resending = False
+
+    async def _take_in_recovered(self) -> None:
         held = self.held_partitions()
         views: dict[int, PartitionView] = {p: PartitionView() for p in held}
         stale: list[bytes] = []
@@ -369,7 +386,9 @@ class AgentRuntime:
         self.views = views
         self.arrivals = {key: now_ms() for key, *_ in states}
         self.clock_sent.clear()
-        self.committed = {p: c for p, c in self.committed.items() if p in held}
+        # Every held cursor is committed once more after a rebalance: what the group
+        # holds may be another member's, or a commit of ours that the rebalance cut.
+        self.committed = {}
         self.observe_state()  # before ready: a scrape that sees ready sees the state taken in
         self.metrics.recovery_seconds.observe(time.monotonic() - self.not_ready_since)
         self.metrics.recovering.set(0)
@@ -423,11 +442,27 @@ class AgentRuntime:
             assigned = {tp.partition: tp for tp in self.app.consumer.assignment()
                         if tp.topic == self.source_topic}
             offsets = {assigned[p]: off for p, off in restart.items() if p in assigned}
+            floor = getattr(self.app.consumer, "commit_floor", None)
+            if floor is not None:
+                floor.forget(offsets)  # going back to 0 is the point here
             await self.app.consumer._commit(offsets)
             for tp, off in offsets.items():
                 await self.app.consumer.seek(tp, off)
 
     # -- timers ---------------------------------------------------------------------------------
+
+    def settling(self) -> list[tuple[PartitionView, int]]:
+        """Each held view with its applied position, taken before a producer flush: once
+        the flush returns, every output of those positions is acknowledged."""
+        if not self.ready or self.resending:
+            return []
+        return [(view, view.cursor.last) for view in self.views.values()]
+
+    def settle(self, marks: list[tuple[PartitionView, int]]) -> None:
+        held = set(map(id, self.views.values()))
+        for view, last in marks:
+            if id(view) in held:  # not a view a rebalance replaced meanwhile
+                view.settled = max(view.settled, last)
 
     def committable(self) -> dict[int, int]:
         """Kafka offsets to commit (next to read) per held partition, where they moved."""
@@ -616,6 +651,7 @@ class WorkerRuntime:
         self.agents = [AgentRuntime(app, settings, spec, dead_letters,
                                     AgentMetrics.of(metrics, spec.name)) for spec in specs]
         self._lag_series: set[tuple[str, str, str]] = set()
+        self._rebalances = 0  # revocations so far: a commit that met one is not recorded
         app.timer(interval=1.0, name="fxstream-commit")(self.commit_applied)
         app.timer(interval=1.0, name="fxstream-clock")(self.close_by_clock)
         app.timer(interval=STALL_S, name="fxstream-stalls")(self.resume_stalled)
@@ -651,9 +687,17 @@ class WorkerRuntime:
         if not offsets:
             return
         started = time.monotonic()
+        generation = self._rebalances
+        marks = [(agent, agent.settling()) for agent in self.agents]
         await self.app.producer.flush()
+        for agent, settling in marks:
+            agent.settle(settling)
         try:
-            if await self.app.consumer._commit(offsets):  # the driver's commit of given offsets
+            # The driver's commit of given offsets. It drops the partitions its consumer
+            # thread no longer holds and still answers True, so a commit that met a
+            # rebalance is not recorded: the next tick after recovery sends it again.
+            done = await self.app.consumer._commit(offsets)
+            if done and generation == self._rebalances and not self.app.rebalancing:
                 for tp, nxt in offsets.items():
                     agent, p = owners[tp]
                     agent.committed[p] = nxt
@@ -702,6 +746,7 @@ class WorkerRuntime:
         return None
 
     async def _on_revoked(self, app: faust.App, revoked: set[Any], **kw: Any) -> None:
+        self._rebalances += 1
         for agent in self.agents:
             agent.on_revoked()
 
