@@ -350,3 +350,19 @@ def test_settled_points_give_what_all_points_give() -> None:
             hour = states["EUR/USD"]["bars"]["1h"][0]
             assert len(hour[17][0]) < 200  # settled: far fewer points than snapshots
     assert compare(outs[1], outs[0], BAR_FIELDS) == []
+
+
+def test_a_sample_of_a_state_from_before_positions_were_kept_is_released_once_settled() -> None:
+    """States written before samples carried the position that changed them: such a
+    sample takes the state's position once, and is reduced when that is settled
+    (compared with the state's moving position it stayed whole for good)."""
+    cfg = config(lateness_ms=3_600_000)  # nothing leaves by the horizon here
+    book = ([[1.1, 1.0]], [[1.1002, 1.0]])
+    state = fold(None, "EUR/USD", [snap(T0, *book)], 0, NOW, cfg, -1).state
+    state = orjson.loads(orjson.dumps(state))
+    state["samples"] = [s[:8] for s in state["samples"]]  # as an older worker wrote it
+    for position in range(1, 6):
+        state = fold(state, "EUR/USD", [snap(T0 + 1_000 * position, *book)], position, NOW,
+                     cfg, position - 2).state  # acknowledgements a message behind
+    first = next(s for s in state["samples"] if s[0] == T0 - T0 % 1000)
+    assert len(first) == 2, first

@@ -239,7 +239,9 @@ def fold(state: dict[str, Any] | None, symbol: str, snapshots: list[Any], offset
             kept_samples.append(sample)
         elif len(sample) > S_TS + 1 and (sample[S_AT] if len(sample) > S_AT
                                          else state["offset"]) > settled:
-            kept_samples.append(sample)  # recovery may still have to re-send it
+            # recovery may still have to re-send it; a sample of a state from before
+            # S_AT existed takes the state's position as its own, once
+            kept_samples.append(sample if len(sample) > S_AT else [*sample, state["offset"]])
         elif horizon is None or start + config.sample_ms > horizon:
             kept_samples.append(sample[:2])  # the message that sent it is settled
     new["samples"] = kept_samples
@@ -303,24 +305,17 @@ def _settle(bar: list[Any], horizon: int) -> None:
     keep_from = bisect_left(offsets, horizon - bar[START]) - 1
     if keep_from <= 0:
         return
-    total, weight = _segments(offsets, values, keep_from)
-    bar[PRE_SUM] += total
-    bar[PRE_WEIGHT] += weight
-    bar[POINTS] = [offsets[keep_from:], values[keep_from:]]
-
-
-def _segments(offsets: list[int], values: list[Any], upto: int) -> tuple[float, int]:
-    """Imbalance times duration, and duration, of points [0, upto): each stands until
-    the next point; None values count for nothing."""
-    total = 0.0
-    weight = 0
-    for i in range(upto):
+    # Each segment straight into PRE_SUM, in time order, as weighted_imbalance adds the
+    # rest: the sum is then the same left fold wherever messages (or crashes) fell.
+    total, weight = bar[PRE_SUM], bar[PRE_WEIGHT]
+    for i in range(keep_from):
         imbalance = values[i]
         stands = offsets[i + 1] - offsets[i]
         if imbalance is not None and stands > 0:
             total += imbalance * stands
             weight += stands
-    return total, weight
+    bar[PRE_SUM], bar[PRE_WEIGHT] = total, weight
+    bar[POINTS] = [offsets[keep_from:], values[keep_from:]]
 
 
 def weighted_imbalance(bar: list[Any], end: int) -> float | None:
