@@ -56,6 +56,7 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_SESSION_TIMEOUT_S": "session_timeout_s",
     "FXSTREAM_WORKER_FETCH_WAIT_MS": "worker_fetch_wait_ms",
     "FXSTREAM_MAX_STATE_BYTES": "max_state_bytes",
+    "FXSTREAM_OUTPUT_ACK_TIMEOUT_S": "output_ack_timeout_s",
     "FXSTREAM_KAFKA_PORT": "kafka_port",
     "FXSTREAM_POSTGRES_PORT": "postgres_port",
     "FXSTREAM_LOG_LEVEL": "log_level",
@@ -209,6 +210,11 @@ class Settings(BaseModel):
     # make a key's state larger is dead-lettered (state_too_large); a message's outputs
     # larger than this go out as several frames.
     max_state_bytes: int = Field(900_000, ge=256, le=100_000_000)
+    # Longest the worker waits for Kafka to acknowledge what it published: states keep
+    # what unacknowledged messages sent (so that recovery can re-send it), and grow
+    # while nothing is acknowledged; past this the worker stops (exit 70) and a restart
+    # waits for Kafka, then re-sends.
+    output_ack_timeout_s: float = Field(120.0, ge=5, le=3_600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Prometheus metrics, /healthz and /readyz (pipeline.observability) on one port per
     # process. None: 9464 for the worker, 9465 for the sink; 0: none served.

@@ -9,10 +9,14 @@ stay where it was (a drained backlog then shows lag for minutes)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
-from pipeline.runtime.worker import WorkerRuntime
+import pytest
+
+from pipeline.runtime import worker
+from pipeline.runtime.worker import AgentRuntime, WorkerRuntime
 
 
 class TP(NamedTuple):
@@ -27,6 +31,8 @@ class _Agent:
         self.ready = True
         self.committed: dict[int, int] = {}
         self.cursor_next = {0: 120, 1: 80}
+        self.unacknowledged: list[Any] = []
+        self.settled: list[Any] = []
 
     def committable(self) -> dict[int, int]:
         return {p: n for p, n in self.cursor_next.items() if self.committed.get(p) != n}
@@ -34,11 +40,12 @@ class _Agent:
     def on_revoked(self) -> None:
         self.ready = False
 
-    def settling(self) -> list[Any]:
-        return []
+    def settling(self) -> tuple[list[Any], list[Any]]:
+        sent, self.unacknowledged = self.unacknowledged, []
+        return ["marks"], sent
 
     def settle(self, marks: list[Any]) -> None:
-        pass
+        self.settled.append(marks)
 
 
 def _runtime(on_flush: Any) -> tuple[WorkerRuntime, _Agent, list[dict[Any, int]]]:
@@ -60,7 +67,8 @@ def _runtime(on_flush: Any) -> tuple[WorkerRuntime, _Agent, list[dict[Any, int]]
                              labels=lambda *_: metric)
     runtime = object.__new__(WorkerRuntime)
     runtime.app = app  # type: ignore[assignment]
-    runtime.settings = SimpleNamespace(worker_group="g")  # type: ignore[assignment]
+    runtime.settings = SimpleNamespace(  # type: ignore[assignment]
+        worker_group="g", output_ack_timeout_s=0.5)
     runtime.metrics = SimpleNamespace(commit_seconds=metric,  # type: ignore[assignment]
                                       common=SimpleNamespace(last_commit=metric))
     runtime.agents = [agent]  # type: ignore[list-item]
@@ -88,3 +96,152 @@ def test_a_quiet_commit_is_recorded_and_not_repeated() -> None:
     asyncio.run(runtime.commit_applied())
     assert agent.committed == {0: 120, 1: 80}
     assert len(sent) == 1
+
+
+class Stopped(Exception):
+    """What the worker's fail-stop raises here instead of leaving the process."""
+
+
+@pytest.fixture
+def stops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    said: list[str] = []
+
+    def fail_stop(what: str) -> NoReturn:
+        said.append(what)
+        raise Stopped(what)
+
+    monkeypatch.setattr(worker, "fail_stop", fail_stop)
+    return said
+
+
+async def _nothing(runtime: WorkerRuntime) -> None:
+    return None
+
+
+def _commit_with(outcome: Callable[[asyncio.Future[Any]], None]
+                 ) -> tuple[_Agent, list[dict[Any, int]]]:
+    """One commit tick of a runtime whose agent published one output, which ``outcome``
+    resolves (or leaves pending)."""
+    runtime, agent, sent = _runtime(_nothing)
+
+    async def tick() -> None:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        outcome(future)
+        agent.unacknowledged.append(future)
+        await runtime.commit_applied()
+
+    asyncio.run(tick())
+    return agent, sent
+
+
+def test_positions_settle_once_kafka_acknowledged_their_outputs(stops: list[str]) -> None:
+    agent, sent = _commit_with(lambda f: f.set_result("metadata"))
+    assert agent.settled == [["marks"]] and len(sent) == 1 and not stops
+
+
+def test_an_output_kafka_refused_stops_the_worker_before_anything_settles(
+        stops: list[str]) -> None:
+    with pytest.raises(Stopped):
+        _commit_with(lambda f: f.set_exception(RuntimeError("MessageSizeTooLarge")))
+    assert "Kafka refused 1 of 1 output records" in stops[0]
+
+
+def test_outputs_not_acknowledged_in_time_stop_the_worker(stops: list[str]) -> None:
+    with pytest.raises(Stopped):
+        _commit_with(lambda f: None)  # never answered: the broker is gone
+    assert "FXSTREAM_OUTPUT_ACK_TIMEOUT_S" in stops[0]
+
+
+def test_a_cancelled_send_settles_nothing_and_does_not_stop(stops: list[str]) -> None:
+    agent, _ = _commit_with(lambda f: f.cancel())  # the worker is stopping
+    assert agent.settled == [] and not stops
+
+
+# --- recoveries that overlap: Faust can start a second while the first re-sends ----------------
+
+
+class _Table(dict[bytes, bytes]):
+    data: object = None  # not a memory store: nothing to forget
+
+
+def _recovering_agent(sends: list[tuple[int, bytes]]) -> tuple[AgentRuntime, dict[str, Any]]:
+    """An agent over a recovered table of three states in partition 0; ``gates`` holds,
+    per step and call (("identity", n), ("send", n)), an event that call waits for."""
+    from pipeline.runtime.positions import encode_envelope
+
+    agent = object.__new__(AgentRuntime)
+    metric = SimpleNamespace(observe=lambda *_: None, set=lambda *_: None)
+    agent.table = _Table({s: encode_envelope(0, i, {"n": i})  # type: ignore[assignment]
+                          for i, s in enumerate((b"EUR/USD", b"GBP/USD", b"USD/JPY"))})
+    agent.app = SimpleNamespace(  # type: ignore[assignment]
+        consumer=SimpleNamespace(assignment=lambda: {TP("fx.ticks", 0)}))
+    agent.source_topic = "fx.ticks"
+    agent.spec = SimpleNamespace(name="candles",  # type: ignore[assignment]
+                                 resend=lambda state, now: [dict(state)])
+    agent.metrics = SimpleNamespace(recovery_seconds=metric,  # type: ignore[assignment]
+                                    recovering=metric, state_keys=metric, state_bytes=metric)
+    agent.views, agent.arrivals, agent.clock_sent, agent.committed = {}, {}, set(), {}
+    agent.ready, agent.not_ready_since, agent.unacknowledged = False, 0.0, []
+    agent.resending, agent._recoveries = 0, 0
+    control: dict[str, Any] = {"gates": {}}
+
+    async def identity(views: dict[int, Any]) -> None:
+        control.setdefault("identity_calls", 0)
+        control["identity_calls"] += 1
+        event = control["gates"].get(("identity", control["identity_calls"]))
+        if event is not None:
+            await event.wait()
+
+    async def send(key: bytes, outputs: list[Any], p: int, o: int) -> None:
+        sends.append((agent._recoveries, key))
+        event = control["gates"].get(("send", len(sends)))
+        if event is not None:
+            await event.wait()
+
+    agent._check_source_identity = identity  # type: ignore[method-assign]
+    agent._send_outputs = send  # type: ignore[method-assign]
+    return agent, control
+
+
+def test_a_recovery_that_ends_while_an_earlier_one_re_sends_settles_nothing_yet() -> None:
+    sends: list[tuple[int, bytes]] = []
+    agent, control = _recovering_agent(sends)
+
+    async def scenario() -> None:
+        first_send_held = asyncio.Event()
+        control["gates"][("send", 1)] = first_send_held
+        first = asyncio.create_task(agent._after_recovery())
+        while not sends:
+            await asyncio.sleep(0)
+        assert agent.settling()[0] == []  # re-sending
+        await agent._after_recovery()  # a second recovery, done while the first waits
+        assert agent.settling()[0] == [], "the first recovery still re-sends"
+        first_send_held.set()
+        await first
+        marks = agent.settling()[0]
+        assert [last for _, last in marks] == [2]
+
+    asyncio.run(scenario())
+    # the first stopped after its held send: the second re-sent every state itself
+    assert [k for r, k in sends if r == 2] == [b"EUR/USD", b"GBP/USD", b"USD/JPY"]
+    assert len(sends) == 4
+
+
+def test_a_superseded_recovery_leaves_the_views_of_the_later_one() -> None:
+    sends: list[tuple[int, bytes]] = []
+    agent, control = _recovering_agent(sends)
+
+    async def scenario() -> None:
+        identity_held = asyncio.Event()
+        control["gates"][("identity", 1)] = identity_held
+        first = asyncio.create_task(agent._after_recovery())
+        while control.get("identity_calls") != 1:
+            await asyncio.sleep(0)
+        await agent._after_recovery()
+        views = agent.views
+        identity_held.set()
+        await first
+        assert agent.views is views, "the earlier recovery replaced the later one's views"
+
+    asyncio.run(scenario())
+    assert len(sends) == 3  # the superseded one sent nothing

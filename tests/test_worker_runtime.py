@@ -718,3 +718,38 @@ def test_committed_offsets_never_go_back_when_two_workers_drain_a_backlog(
                                f"{went_back[:10]}")
     finally:
         stop_all(*workers)
+
+
+# --- outputs: a position settles only when Kafka has acknowledged what it sent ---------------
+
+
+def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Faust only logs a send Kafka refused. Counted as acknowledged, its message's
+    position would settle and the states would drop what only that output carried: a
+    bar nobody ever receives. The worker stops with Kafka's error instead (a restart
+    re-sends from the states). Here the candle topic takes no record over 64 bytes."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    settings = settings_for(make_settings, partitions=3)
+    create_topics(settings)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC, settings.topics.candles,
+        incremental_configs=[ConfigEntry("max.message.bytes", "64",
+                                         incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+    producer = Producer(producer_config(settings))
+    producer.produce(settings.topics.ticks, key=b"EUR/USD",
+                     value=orjson.dumps([{"symbol": "EUR/USD", "ts_ms": T0 + i * 1_000,
+                                          "bid": 1.1, "ask": 1.1002} for i in range(5)]))
+    assert producer.flush(30) == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: not worker.alive(), 120, "the worker to stop on the refused output")
+        assert worker.popen.returncode == 70, worker.tail()
+        log = worker.log.read_text()
+        assert "Kafka refused" in log and "output records" in log, worker.tail()
+    finally:
+        stop_all(worker)

@@ -17,7 +17,9 @@ Per source message, in order, for each agent (concurrency 1):
    message stores no state, the partition's cursor.
 
 One timer commits, once a second, the offsets the cursors say are applied, after a
-producer flush, which also settles the positions applied before it (no commit, this
+producer flush and Kafka's acknowledgement of every output sent before it, which
+settles the positions applied before it (a refused output, or none acknowledged
+within FXSTREAM_OUTPUT_ACK_TIMEOUT_S, stops the worker; no commit, this
 one's or Faust's own, moves a held partition's offset back:
 pipeline.runtime.commit_floor); another closes, by the wall clock, what quiet keys
 hold. After every rebalance the runtime rebuilds its view of the
@@ -138,7 +140,13 @@ class AgentRuntime:
         self._published: dict[str, int] = {}  # stats already added to the counters
         self.views: dict[int, PartitionView] = {}
         self.ready = False  # False from a revocation until recovery has been taken in
-        self.resending = False  # recovery's re-send under way: nothing it sent is settled
+        # Recoveries taking in the table and re-sending (Faust can start one while another
+        # re-sends): while any is under way nothing settles; a superseded one stops.
+        self.resending = 0
+        self._recoveries = 0
+        # Outputs published since the commit timer last took them; it waits for each
+        # before it counts a position settled (a failed send must not count).
+        self.unacknowledged: list[asyncio.Future[Any]] = []
         self.not_ready_since = time.monotonic()
         metrics.recovering.set(1)
         self.arrivals: dict[bytes, int] = {}  # key -> wall ms its newest message arrived
@@ -308,12 +316,14 @@ class AgentRuntime:
         if outputs:
             frames = output_frames(outputs, limit)
             for value in frames:
-                await self.output.send(key=key, value=value, force=True)
+                self.unacknowledged.append(
+                    await self.output.send(key=key, value=value, force=True))
             self.stats.outputs += len(outputs)
             self.stats.frames_out += len(frames)
         for target, records in elsewhere.items():
             for value in output_frames(records, limit):
-                await self.also[target].send(key=key, value=value, force=True)
+                self.unacknowledged.append(
+                    await self.also[target].send(key=key, value=value, force=True))
 
     async def _send_dead_letters(self, rejects: list[Reject], where: tuple[str, int, int],
                                  symbol: str | None, framed: bool) -> None:
@@ -349,13 +359,14 @@ class AgentRuntime:
     async def _after_recovery(self) -> None:
         """Take in the recovered table: views of held partitions only, stale keys gone,
         the source topic's identity checked, and every held state re-sent."""
-        self.resending = True
+        self._recoveries += 1
+        self.resending += 1
         try:
-            await self._take_in_recovered()
+            await self._take_in_recovered(self._recoveries)
         finally:
-            self.resending = False
+            self.resending -= 1
 
-    async def _take_in_recovered(self) -> None:
+    async def _take_in_recovered(self, recovery: int) -> None:
         held = self.held_partitions()
         views: dict[int, PartitionView] = {p: PartitionView() for p in held}
         stale: list[bytes] = []
@@ -383,6 +394,8 @@ class AgentRuntime:
                 stale.append(key)
         self._forget(stale)
         await self._check_source_identity(views)
+        if recovery != self._recoveries:
+            return  # a later recovery started meanwhile and takes in the table itself
         self.views = views
         self.arrivals = {key: now_ms() for key, *_ in states}
         self.clock_sent.clear()
@@ -396,6 +409,9 @@ class AgentRuntime:
         now = now_ms()
         sent = 0
         for key, p, o, state in states:
+            if recovery != self._recoveries:
+                log.info("%s: a later recovery re-sends the rest", self.spec.name)
+                return
             outputs = self.spec.resend(state, now)
             await self._send_outputs(key, outputs, p, o)
             sent += len(outputs)
@@ -451,12 +467,14 @@ class AgentRuntime:
 
     # -- timers ---------------------------------------------------------------------------------
 
-    def settling(self) -> list[tuple[PartitionView, int]]:
-        """Each held view with its applied position, taken before a producer flush: once
-        the flush returns, every output of those positions is acknowledged."""
+    def settling(self) -> tuple[list[tuple[PartitionView, int]], list[asyncio.Future[Any]]]:
+        """Each held view with its applied position, and the outputs published so far,
+        taken before a producer flush: once every one of those outputs is acknowledged,
+        so is everything those positions sent."""
+        sent, self.unacknowledged = self.unacknowledged, []
         if not self.ready or self.resending:
-            return []
-        return [(view, view.cursor.last) for view in self.views.values()]
+            return [], sent
+        return [(view, view.cursor.last) for view in self.views.values()], sent
 
     def settle(self, marks: list[tuple[PartitionView, int]]) -> None:
         held = set(map(id, self.views.values()))
@@ -684,14 +702,24 @@ class WorkerRuntime:
                 if tp is not None:
                     offsets[tp] = nxt
                     owners[tp] = (agent, p)
-        if not offsets:
+        if not offsets and not any(agent.unacknowledged for agent in self.agents):
             return
         started = time.monotonic()
         generation = self._rebalances
-        marks = [(agent, agent.settling()) for agent in self.agents]
-        await self.app.producer.flush()
-        for agent, settling in marks:
-            agent.settle(settling)
+        marks = [(agent, *agent.settling()) for agent in self.agents]
+        sent = [future for _, _, futures in marks for future in futures]
+        timeout = self.settings.output_ack_timeout_s
+        try:
+            acknowledged = await asyncio.wait_for(self._acknowledged(sent), timeout)
+        except TimeoutError:
+            fail_stop(f"Kafka did not acknowledge {len(sent)} output records within "
+                      f"{timeout:g} s (FXSTREAM_OUTPUT_ACK_TIMEOUT_S); states keep what "
+                      "unacknowledged messages sent and would grow without bound")
+        if acknowledged:
+            for agent, views, _ in marks:
+                agent.settle(views)
+        if not offsets:
+            return
         try:
             # The driver's commit of given offsets. It drops the partitions its consumer
             # thread no longer holds and still answers True, so a commit that met a
@@ -708,6 +736,21 @@ class WorkerRuntime:
                                                            topic).set(committed_at)
         except Exception as exc:  # a rebalance in between; the next tick tries again
             log.info("offset commit deferred: %s", exc)
+
+    async def _acknowledged(self, sent: list[asyncio.Future[Any]]) -> bool:
+        """Flush the producer and wait for each of ``sent``: True when Kafka has every
+        one. A send Kafka refused stops the worker: its message's state may already be
+        in the changelog, and a restart re-sends what that state stands for. False when
+        a send was cancelled (the worker is stopping): nothing settles then."""
+        await self.app.producer.flush()
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if not failed:
+            return True
+        if all(isinstance(r, asyncio.CancelledError) for r in failed):
+            return False
+        first = next(r for r in failed if not isinstance(r, asyncio.CancelledError))
+        fail_stop(f"Kafka refused {len(failed)} of {len(sent)} output records ({first!r})")
 
     async def close_by_clock(self) -> None:
         for agent in self.agents:
