@@ -60,7 +60,7 @@ def _runtime(on_flush: Any) -> tuple[WorkerRuntime, _Agent, list[dict[Any, int]]
         sent.append(dict(offsets))
         return True  # what Faust answers, whatever it dropped
 
-    app = SimpleNamespace(rebalancing=False,
+    app = SimpleNamespace(rebalancing=False, should_stop=False,
                           consumer=SimpleNamespace(assignment=lambda: tps, _commit=commit),
                           producer=SimpleNamespace(flush=flush))
     metric = SimpleNamespace(observe=lambda *_: None, set=lambda *_: None,
@@ -118,11 +118,12 @@ async def _nothing(runtime: WorkerRuntime) -> None:
     return None
 
 
-def _commit_with(outcome: Callable[[asyncio.Future[Any]], None]
+def _commit_with(outcome: Callable[[asyncio.Future[Any]], None], stopping: bool = False
                  ) -> tuple[_Agent, list[dict[Any, int]]]:
     """One commit tick of a runtime whose agent published one output, which ``outcome``
     resolves (or leaves pending)."""
     runtime, agent, sent = _runtime(_nothing)
+    runtime.app.should_stop = stopping
 
     async def tick() -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -152,9 +153,23 @@ def test_outputs_not_acknowledged_in_time_stop_the_worker(stops: list[str]) -> N
     assert "FXSTREAM_OUTPUT_ACK_TIMEOUT_S" in stops[0]
 
 
-def test_a_cancelled_send_settles_nothing_and_does_not_stop(stops: list[str]) -> None:
-    agent, _ = _commit_with(lambda f: f.cancel())  # the worker is stopping
+def test_a_cancelled_send_stops_a_running_worker(stops: list[str]) -> None:
+    with pytest.raises(Stopped):
+        _commit_with(lambda f: f.cancel())
+    assert "cancelled unsent" in stops[0]
+
+
+def test_a_send_cancelled_while_the_worker_stops_settles_nothing(stops: list[str]) -> None:
+    agent, _ = _commit_with(lambda f: f.cancel(), stopping=True)
     assert agent.settled == [] and not stops
+
+
+def test_waiting_for_acknowledgements_never_cancels_the_sends(stops: list[str]) -> None:
+    """Faust's callback on a send expects a result or an exception, not a cancellation."""
+    futures: list[asyncio.Future[Any]] = []
+    with pytest.raises(Stopped):
+        _commit_with(futures.append)  # never answered: the timeout passes
+    assert not futures[0].cancelled()
 
 
 # --- recoveries that overlap: Faust can start a second while the first re-sends ----------------
@@ -185,7 +200,7 @@ def _recovering_agent(sends: list[tuple[int, bytes]]) -> tuple[AgentRuntime, dic
     agent.resending, agent._recoveries = 0, 0
     control: dict[str, Any] = {"gates": {}}
 
-    async def identity(views: dict[int, Any]) -> None:
+    async def identity(views: dict[int, Any], recovery: int) -> None:
         control.setdefault("identity_calls", 0)
         control["identity_calls"] += 1
         event = control["gates"].get(("identity", control["identity_calls"]))
@@ -245,3 +260,23 @@ def test_a_superseded_recovery_leaves_the_views_of_the_later_one() -> None:
 
     asyncio.run(scenario())
     assert len(sends) == 3  # the superseded one sent nothing
+
+
+def test_a_recovery_that_meets_a_revocation_takes_in_nothing() -> None:
+    """Its partitions may be another worker's by now: re-sending them, or closing their
+    bars by the clock, would publish stale versions over the new owner's."""
+    sends: list[tuple[int, bytes]] = []
+    agent, control = _recovering_agent(sends)
+
+    async def scenario() -> None:
+        identity_held = asyncio.Event()
+        control["gates"][("identity", 1)] = identity_held
+        recovery = asyncio.create_task(agent._after_recovery())
+        while control.get("identity_calls") != 1:
+            await asyncio.sleep(0)
+        agent.on_revoked()
+        identity_held.set()
+        await recovery
+
+    asyncio.run(scenario())
+    assert not agent.ready and agent.views == {} and sends == []

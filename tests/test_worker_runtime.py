@@ -381,9 +381,14 @@ def test_worker_returns_to_low_latency_after_a_pause(make_settings: Callable[...
                                                      tmp_path: Path) -> None:
     """A worker stopped for a second (SIGSTOP) under a steady stream of one-tick messages
     must come back to low latency. With Faust's fetch wait of 1.5 s, quiet partitions
-    held every fetch round for 1.5 s once a backlog had formed, and it stayed there."""
+    held every fetch round for 1.5 s once a backlog had formed, and it stayed there.
+    The stream (about 400 messages/s) stays well inside what a worker applies on a
+    slow shared machine, so what the test sees is the fetch wait, not the capacity
+    (FXSTREAM_TEST_FETCH_WAIT_MS=1500 gives the worker Faust's wait back: the median
+    after the pause was then 1.2 s)."""
+    fetch_wait = int(os.environ.get("FXSTREAM_TEST_FETCH_WAIT_MS", "20"))
     settings = settings_for(make_settings, partitions=6, timeframes=("1m",),
-                            symbols=("EUR/USD", "GBP/USD"))
+                            symbols=("EUR/USD", "GBP/USD"), worker_fetch_wait_ms=fetch_wait)
     create_topics(settings)
     worker = Proc(settings, ["worker"], tmp_path / "worker.log")
     sent: dict[tuple[str, int], float] = {}
@@ -414,8 +419,8 @@ def test_worker_returns_to_low_latency_after_a_pause(make_settings: Callable[...
         counts: dict[str, int] = defaultdict(int)
         base = int(time.time() * 1000) // 60_000 * 60_000  # this minute, so never ahead
 
-        def stream(seconds: float, per_10ms: int = 5) -> None:
-            """One tick per message, about 1,000 messages/s, for ``seconds``."""
+        def stream(seconds: float, per_10ms: int = 2) -> None:
+            """One tick per message, about 400 messages/s, for ``seconds``."""
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 for _ in range(per_10ms):
@@ -436,7 +441,7 @@ def test_worker_returns_to_low_latency_after_a_pause(make_settings: Callable[...
         os.kill(worker.popen.pid, signal.SIGCONT)
         stream(6)
         assert producer.flush(30) == 0
-        last = [(sym, counts[sym] - i) for sym in counts for i in range(0, 1000, 10)]
+        last = [(sym, counts[sym] - i) for sym in counts for i in range(0, 400, 4)]
         wait_for(lambda: all(k in seen for k in last), 60, "the last ticks' bars")
         latencies = [seen[k] - sent[k] for k in last]
         median = statistics.median(latencies)

@@ -351,6 +351,9 @@ class AgentRuntime:
                 if tp.topic == self.source_topic}
 
     def on_revoked(self) -> None:
+        # A recovery still under way took in partitions this revocation may take away:
+        # it stops (before its views, or its next re-send), and the next one decides.
+        self._recoveries += 1
         if self.ready:
             self.not_ready_since = time.monotonic()
             self.metrics.recovering.set(1)
@@ -393,7 +396,7 @@ class AgentRuntime:
             else:
                 stale.append(key)
         self._forget(stale)
-        await self._check_source_identity(views)
+        await self._check_source_identity(views, recovery)
         if recovery != self._recoveries:
             return  # a later recovery started meanwhile and takes in the table itself
         self.views = views
@@ -428,7 +431,8 @@ class AgentRuntime:
                 store.data.pop(key, None)
                 store._key_partition.pop(key, None)
 
-    async def _check_source_identity(self, views: dict[int, PartitionView]) -> None:
+    async def _check_source_identity(self, views: dict[int, PartitionView],
+                                     recovery: int) -> None:
         try:
             ident = await asyncio.to_thread(describe_topic, self.settings.kafka_bootstrap,
                                             self.source_topic)
@@ -461,9 +465,10 @@ class AgentRuntime:
             floor = getattr(self.app.consumer, "commit_floor", None)
             if floor is not None:
                 floor.forget(offsets)  # going back to 0 is the point here
+            if recovery != self._recoveries:
+                return  # superseded: the later recovery decides
             await self.app.consumer._commit(offsets)
-            for tp, off in offsets.items():
-                await self.app.consumer.seek(tp, off)
+            await seek_in_consumer_thread(self.app, offsets)
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -533,7 +538,7 @@ class AgentRuntime:
                         time.monotonic() - view.last_seen, nxt, high - 1, nxt)
             view.last_seen = time.monotonic()
             try:
-                await self.app.consumer.seek(tp, nxt)
+                await seek_in_consumer_thread(self.app, {tp: nxt})
             except Exception as exc:  # revoked meanwhile: its new owner reads it
                 log.info("%s[%d]: seek back not done: %s", self.source_topic, p, exc)
                 return
@@ -614,6 +619,14 @@ class AgentRuntime:
                  self.spec.name, s.messages, s.items, self.spec.item_noun, s.skipped,
                  s.reread, s.resumed, s.rejected, s.outputs, active,
                  s.first_event or 0.0, s.last_event or 0.0)
+
+
+async def seek_in_consumer_thread(app: faust.App, offsets: dict[Any, int]) -> None:
+    """Seek partitions of Faust's consumer, and reset its read offsets, in the thread
+    its aiokafka consumer runs in. Faust's ``seek`` calls aiokafka from the event loop's
+    thread while the consumer thread drains fetched records, and the two change the
+    same dict: a fetch then failed with a KeyError, which stopped the worker."""
+    await app.consumer.seek_wait(offsets)
 
 
 def fail_stop(what: str) -> NoReturn:
@@ -708,13 +721,7 @@ class WorkerRuntime:
         generation = self._rebalances
         marks = [(agent, *agent.settling()) for agent in self.agents]
         sent = [future for _, _, futures in marks for future in futures]
-        timeout = self.settings.output_ack_timeout_s
-        try:
-            acknowledged = await asyncio.wait_for(self._acknowledged(sent), timeout)
-        except TimeoutError:
-            fail_stop(f"Kafka did not acknowledge {len(sent)} output records within "
-                      f"{timeout:g} s (FXSTREAM_OUTPUT_ACK_TIMEOUT_S); states keep what "
-                      "unacknowledged messages sent and would grow without bound")
+        acknowledged = await self._acknowledged(sent, self.settings.output_ack_timeout_s)
         if acknowledged:
             for agent, views, _ in marks:
                 agent.settle(views)
@@ -737,20 +744,41 @@ class WorkerRuntime:
         except Exception as exc:  # a rebalance in between; the next tick tries again
             log.info("offset commit deferred: %s", exc)
 
-    async def _acknowledged(self, sent: list[asyncio.Future[Any]]) -> bool:
+    async def _acknowledged(self, sent: list[asyncio.Future[Any]], timeout: float) -> bool:
         """Flush the producer and wait for each of ``sent``: True when Kafka has every
-        one. A send Kafka refused stops the worker: its message's state may already be
-        in the changelog, and a restart re-sends what that state stands for. False when
-        a send was cancelled (the worker is stopping): nothing settles then."""
-        await self.app.producer.flush()
-        results = await asyncio.gather(*sent, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if not failed:
-            return True
-        if all(isinstance(r, asyncio.CancelledError) for r in failed):
-            return False
-        first = next(r for r in failed if not isinstance(r, asyncio.CancelledError))
-        fail_stop(f"Kafka refused {len(failed)} of {len(sent)} output records ({first!r})")
+        one. A send Kafka refused, or none acknowledged within ``timeout``, stops the
+        worker: its message's state may already be in the changelog, and a restart
+        re-sends what that state stands for. False only while the worker stops (a send
+        cancelled, the producer closed): nothing settles then. The sends are waited for,
+        never cancelled (Faust's callback on them does not expect a cancellation)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        timed_out = False
+        try:
+            await asyncio.wait_for(self.app.producer.flush(), timeout)
+            if sent:
+                _, pending = await asyncio.wait(sent, timeout=max(0.0, deadline - loop.time()))
+                timed_out = bool(pending)
+        except TimeoutError:
+            timed_out = True
+        except Exception as exc:
+            if self.app.should_stop:
+                return False
+            fail_stop(f"flushing the worker's outputs failed ({exc!r})")
+        if timed_out:
+            fail_stop(f"Kafka did not acknowledge the worker's outputs within {timeout:g} s "
+                      "(FXSTREAM_OUTPUT_ACK_TIMEOUT_S); states keep what unacknowledged "
+                      "messages sent and would grow without bound")
+        cancelled = sum(f.cancelled() for f in sent)
+        failed = [e for f in sent if not f.cancelled() and (e := f.exception()) is not None]
+        if failed:
+            fail_stop(f"Kafka refused {len(failed)} of {len(sent)} output records "
+                      f"({failed[0]!r})")
+        if cancelled:
+            if self.app.should_stop:
+                return False
+            fail_stop(f"{cancelled} of {len(sent)} output records were cancelled unsent")
+        return True
 
     async def close_by_clock(self) -> None:
         for agent in self.agents:
