@@ -14,6 +14,7 @@ import schemas
 from pipeline.core.book import SnapshotError, book_metrics, parse_snapshot
 from pipeline.core.dom import DomConfig, all_records, closed_by_clock, fold
 from tests.dom_data import KNOWN, LATENESS_MS, T0, adversarial_snapshots, bad_snapshots
+from tests.framing import random_frames
 from tests.reference_dom import BAR_FIELDS, SAMPLE_FIELDS, compare, reference_dom
 
 NOW = T0 + 86_400_000 * 30  # the wall clock of the pure tests: a month after the data
@@ -39,20 +40,7 @@ def canonical(raw: Any) -> str:
 
 
 def messages(snapshots: list[Any], seed: int, max_frame: int) -> list[tuple[str, list[Any]]]:
-    """Frames of consecutive snapshots of one symbol, of random sizes, in arrival order
-    per symbol (as the producers' coalescing makes them)."""
-    rng = random.Random(seed)
-    out: list[tuple[str, list[Any]]] = []
-    open_frames: dict[str, list[Any]] = {}
-    for snap in snapshots:
-        key = canonical(snap)
-        frame = open_frames.setdefault(key, [])
-        frame.append(snap)
-        if len(frame) >= rng.randint(1, max_frame):
-            out.append((key, frame))
-            del open_frames[key]
-    out.extend(open_frames.items())
-    return out
+    return random_frames(snapshots, canonical, seed, max_frame)
 
 
 def run_fold(msgs: list[tuple[str, list[Any]]], cfg: DomConfig, roundtrip: bool = True

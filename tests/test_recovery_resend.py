@@ -29,6 +29,7 @@ from pipeline.symbols import SymbolError, normalize_symbol
 from producers.csv_ticks import RowError, read_tick_csv
 from tests import dom_data, sentiment_data
 from tests.exactness_data import KNOWN_SYMBOLS, write_adversarial_csv
+from tests.framing import random_frames
 
 NOW = 2_000_000_000_000  # 2033: every message is a replay
 
@@ -45,25 +46,6 @@ def identity(record: dict[str, Any]) -> tuple[Any, ...]:
     return (kind, record["symbol"], record["timeframe"], record["ts_utc"])
 
 
-def frames(items: list[Any], key_of: Callable[[Any], str | None], seed: int,
-           max_frame: int) -> list[tuple[str, list[Any]]]:
-    """Per-symbol frames of random sizes, in arrival order per symbol."""
-    rng = random.Random(seed)
-    out: list[tuple[str, list[Any]]] = []
-    open_frames: dict[str, list[Any]] = {}
-    for item in items:
-        key = key_of(item)
-        if key is None:
-            continue
-        frame = open_frames.setdefault(key, [])
-        frame.append(item)
-        if len(frame) >= rng.randint(1, max_frame):
-            out.append((key, frame))
-            del open_frames[key]
-    out.extend(open_frames.items())
-    return out
-
-
 def symbol_of(item: Any) -> str | None:
     try:
         return normalize_symbol(item["symbol"])
@@ -75,7 +57,7 @@ def tick_messages(tmp: Path) -> list[tuple[str, list[Any]]]:
     path = tmp / "ticks.csv"
     write_adversarial_csv(path, seed=31, ticks_per_symbol=600, lateness_ms=120_000)
     ticks = [item for _, item in read_tick_csv(path) if not isinstance(item, RowError)]
-    return frames(ticks, symbol_of, seed=31, max_frame=6)
+    return random_frames(ticks, symbol_of, seed=31, max_frame=6)
 
 
 def agent_cases(tmp: Path) -> dict[str, tuple[AgentSpec, list[tuple[str, list[Any]]]]]:
@@ -88,11 +70,11 @@ def agent_cases(tmp: Path) -> dict[str, tuple[AgentSpec, list[tuple[str, list[An
     return {
         "candle": (candle_agent(candles), tick_messages(tmp)),
         "dom": (with_orderbook(dom_agent(dom), dom),
-                frames(dom_data.adversarial_snapshots(seed=32, per_symbol=250), symbol_of,
-                       seed=32, max_frame=5)),
+                random_frames(dom_data.adversarial_snapshots(seed=32, per_symbol=250),
+                              symbol_of, seed=32, max_frame=5)),
         "sentiment": (sentiment_agent(sentiment),
-                      frames(sentiment_data.adversarial_observations(seed=33, per_series=250),
-                             symbol_of, seed=33, max_frame=4)),
+                      random_frames(sentiment_data.adversarial_observations(
+                          seed=33, per_series=250), symbol_of, seed=33, max_frame=4)),
     }
 
 

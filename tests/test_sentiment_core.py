@@ -13,6 +13,7 @@ import pytest
 import schemas
 from pipeline.core.positioning import ObservationError, parse_observation
 from pipeline.core.sentiment import SentimentConfig, all_records, fold
+from tests.framing import random_frames
 from tests.reference_sentiment import (
     DATA_FIELDS,
     METRIC_FIELDS,
@@ -49,20 +50,7 @@ def canonical(raw: Any) -> str:
 
 
 def messages(items: list[Any], seed: int, max_frame: int) -> list[tuple[str, list[Any]]]:
-    """Frames of consecutive observations of one symbol, of random sizes, in arrival
-    order per symbol (as the producers' coalescing makes them)."""
-    rng = random.Random(seed)
-    out: list[tuple[str, list[Any]]] = []
-    open_frames: dict[str, list[Any]] = {}
-    for item in items:
-        key = canonical(item)
-        frame = open_frames.setdefault(key, [])
-        frame.append(item)
-        if len(frame) >= rng.randint(1, max_frame):
-            out.append((key, frame))
-            del open_frames[key]
-    out.extend(open_frames.items())
-    return out
+    return random_frames(items, canonical, seed, max_frame)
 
 
 def run_fold(msgs: list[tuple[str, list[Any]]], cfg: SentimentConfig
