@@ -5,6 +5,7 @@ completeness by event time, and latency after a stall."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import statistics
 import threading
@@ -449,6 +450,35 @@ def test_worker_returns_to_low_latency_after_a_pause(make_settings: Callable[...
     finally:
         stop.set()
         stop_all(worker)
+
+
+def test_a_worker_behind_on_a_backlog_does_not_seek_back_what_it_still_reads(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A worker draining a backlog leaves partitions undelivered for seconds while it
+    applies the others: their records wait in the consumer, fetched and unread. The
+    stall check took each such partition for a stalled one (nothing delivered for 5 s,
+    its end past the cursor) and sought it back, which threw away what had been fetched
+    and warned of a stall that was none: 7 or 8 seeks in every 30,000-message backlog on
+    a slow machine. Only a partition its consumer has read to the end, with messages
+    still unapplied, is stalled."""
+    settings = settings_for(make_settings, partitions=6, timeframes=("1m",))
+    assert run_cli(settings, ["produce", "synthetic", "--count", "30000", "--max-speed",
+                              "--rate", "5000", "--frame-size", "1", "--seed", "5"],
+                   tmp_path).returncode == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: (lags := group_lag(settings, settings.worker_group,
+                                            settings.topics.ticks))
+                 and all(p.lag == 0 for p in lags),
+                 300, "the worker to apply and commit the backlog", interval_s=0.5,
+                 watch=[worker])
+    finally:
+        stop_all(worker)
+    log = worker.log.read_text(errors="replace")
+    seeks = [line for line in log.splitlines() if "seeking back" in line]
+    assert not seeks, f"{len(seeks)} seeks of partitions still being read:\n" + "\n".join(
+        seeks[:5])
+    assert re.search(r"candle worker stopping: 30000 messages.*, 0 stalled partitions", log)
 
 
 def test_murmur2_partition_is_where_the_producers_put_a_symbol(

@@ -507,8 +507,9 @@ class AgentRuntime:
         for newer ones. The runtime re-reads such a gap when the next message comes, but
         when none comes (a replay that ended, a quiet symbol) the applied state stands
         still while the partition holds unapplied messages. A partition idle for
-        ``idle_s`` whose end lies past its cursor is sought to the first unapplied offset,
-        which also resets Faust's read offset; the cursor skips anything delivered twice."""
+        ``idle_s`` whose end lies past its cursor, and which its consumer has read to the
+        end, is sought to the first unapplied offset, which also resets Faust's read
+        offset; the cursor skips anything delivered twice."""
         if not self.ready or self.app.rebalancing:
             return
         now = time.monotonic()
@@ -533,6 +534,8 @@ class AgentRuntime:
             nxt = max(view.cursor.kafka_offset(view.cursor.last + 1), low)
             if nxt >= high or time.monotonic() - view.last_seen < idle_s:
                 continue
+            if not await self._read_to_end(tp, high):
+                continue  # behind, not stalled: its consumer still holds or fetches them
             log.warning("%s[%d]: the consumer delivered nothing for %.0f s while offsets "
                         "%d..%d wait unapplied; seeking back to %d", self.source_topic, p,
                         time.monotonic() - view.last_seen, nxt, high - 1, nxt)
@@ -543,6 +546,21 @@ class AgentRuntime:
                 log.info("%s[%d]: seek back not done: %s", self.source_topic, p, exc)
                 return
             self.stats.resumed += 1
+
+    async def _read_to_end(self, tp: Any, high: int) -> bool:
+        """Whether the consumer has handed out everything up to ``high`` for ``tp``.
+
+        A worker behind on a backlog leaves partitions undelivered for seconds while it
+        applies others; their records wait in the consumer, fetched or about to be. Its
+        read position (the offset it hands out next) is then short of the end, and a
+        seek would only throw the fetched records away. A stalled partition is one
+        whose consumer has read to the end while messages stay unapplied."""
+        try:
+            position = await asyncio.wait_for(self.app.consumer.position(tp), STALL_S)
+        except Exception as exc:  # revoked meanwhile, or the consumer stopping
+            log.info("%s[%d]: read position unknown: %s", self.source_topic, tp.partition, exc)
+            return False
+        return position is None or position >= high
 
     async def close_by_clock(self) -> None:
         if not self.ready:
