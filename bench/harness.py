@@ -309,7 +309,7 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(), "python_loop_s": python_loop_seconds()},
         "ticks": ticks, "symbols": len(symbols), "frame_size": frame_size,
         "event_rate": EVENT_RATE, "skipped": sorted(skip),
     }
@@ -460,6 +460,20 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
         t = run["session_timeout_s"]
         out[f"failover_max_to_session_timeout_{t:g}s"] = run["recovery_max_s"] / t
     return out
+
+
+def python_loop_seconds(runs: int = 3) -> float:
+    """Seconds for a fixed pure-Python loop (the median of ``runs``): how fast this
+    machine's core ran the interpreter that day. The shared machine's speed moves from
+    day to day, and every figure of a run moves with it."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        total = 0
+        for i in range(5_000_000):
+            total += i * i
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def _bench_symbols(base: Settings, count: int) -> list[str]:
@@ -807,15 +821,21 @@ def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list
     try:
         _wait_joined(worker, sink)
         arrivals.start()
-        sent = run_synthetic(s, symbols, rate=rate, duration_s=duration_s, seed=seed,
-                             paced=True, live_time=True, on_publish=arrivals.note).ticks
+        report = run_synthetic(s, symbols, rate=rate, duration_s=duration_s, seed=seed,
+                               paced=True, live_time=True, on_publish=arrivals.note)
+        sent = report.ticks
         wait_until(lambda: arrivals.waiting() == 0, 120, "every tick to reach PostgreSQL")
         peaks = {"worker_peak_rss_mb": worker.peak_rss_mb(),
                  "sink_peak_rss_mb": sink.peak_rss_mb()}
     finally:
         arrivals.stop()
-        worker.stop()
+        worker_log = worker.stop()
         sink.stop()
+    # Whether the worker kept up: a worker slower than the stream applies it over a
+    # longer span than it was produced in, and the figures below then measure its
+    # backlog rather than the pipeline's latency.
+    match = _STOPPING.search(worker_log)
+    worker_s = float(match[3]) if match else float("nan")
     ordered = sorted(arrived - sent_at for _, sent_at, arrived in arrivals.arrived)
 
     def pct(p: float) -> float:
@@ -825,6 +845,8 @@ def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list
     histogram = [sum(1 for x in ordered if lo <= x * 1000 < hi)
                  for lo, hi in itertools.pairwise(edges)]
     return {"rate": rate, "duration_s": duration_s, "ticks": sent, "samples": len(ordered),
+            "messages": report.messages, "produced_s": report.seconds,
+            "worker_s": worker_s, "worker_to_produced": worker_s / report.seconds,
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
             "max_ms": ordered[-1] * 1000, "histogram_edges_ms": edges[:-1],
             "histogram": histogram, **peaks}
@@ -841,6 +863,7 @@ def summarize_latency(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_min_ms": min(p50s), "p50_max_ms": max(p50s),
         "p99_min_ms": min(p99s), "p99_max_ms": max(p99s),
         "max_ms": max(r["max_ms"] for r in runs),
+        "worker_to_produced_max": max(r["worker_to_produced"] for r in runs),
         "histogram_edges_ms": runs[0]["histogram_edges_ms"],
         "histogram": [sum(col) for col in zip(*(r["histogram"] for r in runs), strict=True)],
         "worker_peak_rss_mb": max(r["worker_peak_rss_mb"] for r in runs),
