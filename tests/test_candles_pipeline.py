@@ -58,12 +58,13 @@ def dead_letter_reasons(settings: Settings) -> Counter[str]:
     return Counter(r["reason"] for r in records.values())
 
 
-@pytest.mark.parametrize(("frame_size", "store"), [(500, "memory"), (1, "memory"),
-                                                   (500, "rocksdb")])
+@pytest.mark.parametrize(("frame_size", "store", "event_loop"),
+                         [(500, "memory", "uvloop"), (1, "memory", "asyncio"),
+                          (500, "rocksdb", "uvloop")])
 def test_replayed_candles_equal_the_reference(make_settings: Callable[..., Settings],
                                               tmp_path: Path, frame_size: int,
-                                              store: str) -> None:
-    settings = pipeline_settings(make_settings, store=store)
+                                              store: str, event_loop: str) -> None:
+    settings = pipeline_settings(make_settings, store=store, event_loop=event_loop)
     csv = tmp_path / "ticks.csv"
     write_adversarial_csv(csv, seed=5, ticks_per_symbol=1500)
     ref = reference(csv)
@@ -81,6 +82,7 @@ def test_replayed_candles_equal_the_reference(make_settings: Callable[..., Setti
         assert expected["late"] >= 20 and expected["bad_row"] >= 10
         wait_for(lambda: dead_letter_reasons(settings) == expected, 60,
                  f"dead letters {dict(expected)}")
+        assert f"event loop: {event_loop}" in worker.log.read_text()
     finally:
         assert sink.stop() == 0, sink.tail()
         assert worker.stop() == 0, worker.tail()

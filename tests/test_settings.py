@@ -60,6 +60,7 @@ def test_connection_file_fills_in_missing_connections(tmp_path: Path) -> None:
         ({"FXSTREAM_SYMBOLS": "EURUSD,\x01bad"}, "symbols", "control"),
         ({"FXSTREAM_LATENESS_MS": "-5"}, "lateness_ms", "greater than"),
         ({"FXSTREAM_STORE": "redis"}, "store", "memory"),
+        ({"FXSTREAM_EVENT_LOOP": "trio"}, "event_loop", "uvloop"),
         ({"FXSTREAM_KAFKA_PORT": "15432"}, "settings", "must all differ"),
     ],
 )

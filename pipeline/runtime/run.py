@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import faust
+import mode.loop
 
 from pipeline.agents.candles import candle_agent
 from pipeline.agents.dom import dom_agent
@@ -60,6 +61,8 @@ def run_worker(settings: Settings) -> None:
     status = {"metrics": endpoints.url} if endpoints is not None else {}
 
     wait_for_kafka(settings, heartbeat=loop_beat, **status)
+    if settings.event_loop == "uvloop":
+        mode.loop.use("uvloop")  # before the app or the worker makes a loop
     app = build_app(settings)
     dom = dom_agent(settings)
     if settings.sentiment_orderbook:
@@ -77,6 +80,7 @@ def run_worker(settings: Settings) -> None:
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False)
     keep_beating(worker.loop, loop_beat)
+    log.info("event loop: %s", type(worker.loop).__module__.split(".")[0])
     freeze_startup_objects()
     try:
         worker.execute_from_commandline()
