@@ -294,9 +294,10 @@ class AgentRuntime:
 
     async def _send_outputs(self, key: bytes | None, outputs: list[dict[str, Any]],
                             partition: int, position: int) -> None:
-        # force=True: publish now. Without it Faust attaches records sent from an agent
-        # to the source offset and publishes them only at the next offset commit.
-        # One record per source message: a frame of what it changed (or one record).
+        # Published now (not through Faust's topic.send, which attaches records sent
+        # from an agent to the source offset and publishes them only at the next offset
+        # commit unless forced). One record per source message: a frame of what it
+        # changed (or one record).
         if not outputs:
             return
         elsewhere: dict[str, list[dict[str, Any]]] = {}
@@ -316,14 +317,22 @@ class AgentRuntime:
         if outputs:
             frames = output_frames(outputs, limit)
             for value in frames:
-                self.unacknowledged.append(
-                    await self.output.send(key=key, value=value, force=True))
+                self.unacknowledged.append(await self._publish(self.output, key, value))
             self.stats.outputs += len(outputs)
             self.stats.frames_out += len(frames)
         for target, records in elsewhere.items():
             for value in output_frames(records, limit):
                 self.unacknowledged.append(
-                    await self.also[target].send(key=key, value=value, force=True))
+                    await self._publish(self.also[target], key, value))
+
+    async def _publish(self, topic: faust.TopicT, key: bytes | None,
+                       value: bytes) -> asyncio.Future[Any]:
+        """Hand one record to the app's producer now, partitioned by murmur2 of its key
+        as Faust's ``topic.send`` would; the future resolves once Kafka acknowledges it.
+        Straight to the producer: Faust's send path (its message wrappers, codecs and
+        sensors) cost a tenth of the worker's time, one record per source message."""
+        return await self.app.producer.send(topic.get_topic_name(), key, value,
+                                            partition=None, timestamp=None, headers=None)
 
     async def _send_dead_letters(self, rejects: list[Reject], where: tuple[str, int, int],
                                  symbol: str | None, framed: bool) -> None:
