@@ -61,6 +61,8 @@ def test_connection_file_fills_in_missing_connections(tmp_path: Path) -> None:
         ({"FXSTREAM_LATENESS_MS": "-5"}, "lateness_ms", "greater than"),
         ({"FXSTREAM_STORE": "redis"}, "store", "memory"),
         ({"FXSTREAM_EVENT_LOOP": "trio"}, "event_loop", "uvloop"),
+        ({"FXSTREAM_WORKER_COMPRESSION": "brotli"}, "worker_compression", "lz4"),
+        ({"FXSTREAM_WORKER_LINGER_MS": "-1"}, "worker_linger_ms", "greater than"),
         ({"FXSTREAM_KAFKA_PORT": "15432"}, "settings", "must all differ"),
     ],
 )
@@ -107,3 +109,20 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValueError):
         s.partitions = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("env", "linger_ms", "compression"),
+                         [({}, 20, "lz4"),
+                          ({"FXSTREAM_WORKER_LINGER_MS": "7",
+                            "FXSTREAM_WORKER_COMPRESSION": "none"}, 7, None)])
+def test_the_worker_producer_follows_the_settings(tmp_path: Path, env: dict[str, str],
+                                                  linger_ms: int,
+                                                  compression: str | None) -> None:
+    from pipeline.runtime.app import build_app
+
+    settings = load_settings(env={"KAFKA_BOOTSTRAP": "localhost:9092",
+                                  "DATABASE_URL": "postgresql://fx@localhost/fx", **env},
+                             state_dir=str(tmp_path))
+    app = build_app(settings)
+    assert app.conf.producer_linger == linger_ms / 1000
+    assert app.conf.producer_compression_type == compression

@@ -87,9 +87,10 @@ def build_app(settings: Settings) -> faust.App:
         # recovery from the (compacted) changelog is fast enough here.
         table_standby_replicas=0,
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger=settings.worker_linger_ms / 1000,
         producer_max_batch_size=1 << 20,
-        producer_compression_type="lz4",
+        producer_compression_type=(None if settings.worker_compression == "none"
+                                   else settings.worker_compression),
         stream_buffer_maxsize=4096,
         broker_max_poll_records=2000,
         consumer_max_fetch_size=8 << 20,
