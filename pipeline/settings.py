@@ -207,9 +207,10 @@ class Settings(BaseModel):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # The worker's producer (its outputs and changelog records): how long a batch waits
     # for more records, and its compression. Each produce request costs the worker's loop
-    # a fixed share, a small batch per partition of each topic: 20 ms applies about 1.25
+    # a fixed share, a small batch per partition of each topic: 20 ms applies about 1.3
     # times the messages per second of 5 ms on a backlog, for at most 20 ms more between
-    # a message and its outputs. lz4 costs the worker a few per cent of its time and saves
+    # a message and its outputs (a message's dead letters go out at once: the agent
+    # waits for them). lz4 costs the worker a few per cent of its time and saves
     # Kafka's disk and network; "none" when the worker's CPU is what is short.
     worker_linger_ms: int = Field(20, ge=0, le=1_000)
     worker_compression: Literal["lz4", "none", "zstd", "gzip", "snappy"] = "lz4"

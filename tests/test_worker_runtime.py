@@ -244,6 +244,29 @@ def test_unknown_symbols_make_no_state(make_settings: Callable[..., Settings],
         stop_all(worker)
 
 
+def test_dead_letters_are_not_held_for_the_producers_linger(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A message's dead letters are acknowledged before its changelog record is written,
+    with the agent waiting: were they left to linger with the outputs, every message with
+    a reject would hold the worker for the linger (here 1 s: 200 messages, 200 s)."""
+    settings = settings_for(make_settings, partitions=3, worker_linger_ms=1000)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    unknown = [f"Q{a}{b}/USD" for a in "ABCDEFGHIJ" for b in "ABCDEFGHIJKLMNOPQRST"]
+    for i, sym in enumerate(unknown):
+        producer.produce(settings.topics.ticks, key=sym.encode(), value=orjson.dumps(
+            {"symbol": sym, "ts_ms": T0 + i, "bid": 1.0, "ask": 1.1}))
+    assert producer.flush(30) == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: "recovered candle state" in worker.log.read_text(), 60,
+                 "the worker to join")
+        wait_for(lambda: Counter(r["reason"] for r in dead_letters(settings).values())
+                 ["unknown_symbol"] == len(unknown), 60, "every unknown symbol dead-lettered")
+    finally:
+        stop_all(worker)
+
+
 def _raw_keys(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
     from confluent_kafka import Consumer
 

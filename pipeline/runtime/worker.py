@@ -346,11 +346,17 @@ class AgentRuntime:
                                  topic=topic, partition=partition, offset=offset,
                                  index=rej.index if framed and rej.index >= 0 else None,
                                  payload=rej.payload, symbol=symbol, now_ms=now)
-            pending.append(await self.dead_letters.send(
-                key=dead_letter_key(record), value=orjson.dumps(record), force=True))
+            pending.append(await self._publish(self.dead_letters, dead_letter_key(record),
+                                               orjson.dumps(record)))
         self.stats.rejected += len(rejects)
         for rej in rejects:
             self.metrics.dead_letter(rej.reason)
+        # The agent waits here, so the producer's batches go out now rather than after
+        # FXSTREAM_WORKER_LINGER_MS: each message with a reject would otherwise hold the
+        # worker for the linger. (aiokafka's flush() waits for the linger to pass; the
+        # flush it runs before a transaction commit closes the open batches and wakes
+        # its sender.)
+        await self.app.producer._ensure_producer()._message_accumulator.flush_for_commit()
         await asyncio.gather(*pending)
 
     # -- rebalances ---------------------------------------------------------------------------
@@ -777,7 +783,7 @@ class WorkerRuntime:
         worker: its message's state may already be in the changelog, and a restart
         re-sends what that state stands for. False only while the worker stops (a send
         cancelled, the producer closed): nothing settles then. The sends are waited for,
-        never cancelled (Faust's callback on them does not expect a cancellation)."""
+        never cancelled: they are the producer's own futures, shared with its sender."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         timed_out = False
