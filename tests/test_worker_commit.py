@@ -144,7 +144,7 @@ def test_an_output_kafka_refused_stops_the_worker_before_anything_settles(
         stops: list[str]) -> None:
     with pytest.raises(Stopped):
         _commit_with(lambda f: f.set_exception(RuntimeError("MessageSizeTooLarge")))
-    assert "Kafka refused 1 of 1 output records" in stops[0]
+    assert "Kafka refused 1 of 1 records the worker sent" in stops[0]
 
 
 def test_outputs_not_acknowledged_in_time_stop_the_worker(stops: list[str]) -> None:

@@ -808,6 +808,46 @@ def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
         wait_for(lambda: not worker.alive(), 120, "the worker to stop on the refused output")
         assert worker.popen.returncode == 70, worker.tail()
         log = worker.log.read_text()
-        assert "Kafka refused" in log and "output records" in log, worker.tail()
+        assert "Kafka refused" in log and "records the worker sent" in log, worker.tail()
     finally:
         stop_all(worker)
+
+
+def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A state Kafka does not store must not count as stored: committed past, its
+    message would be gone after the next restart. Here the changelog takes no record
+    over 64 bytes, so the first message's record is refused: the worker stops (exit 70)
+    and no offset of the source partition is committed."""
+    from pipeline.runtime.worker import CHANGELOG_CONFIG
+    from pipeline.topics import create_changelog_topics
+
+    settings = settings_for(make_settings, partitions=3)
+    create_topics(settings)
+    changelog = f"{settings.worker_group}-candle-state-changelog"
+    create_changelog_topics(settings, [changelog],
+                            {**CHANGELOG_CONFIG, "max.message.bytes": "64"})
+    producer = Producer(producer_config(settings))
+    producer.produce(settings.topics.ticks, key=b"EUR/USD",
+                     value=orjson.dumps([{"symbol": "EUR/USD", "ts_ms": T0 + i * 1_000,
+                                          "bid": 1.1, "ask": 1.1002} for i in range(5)]))
+    assert producer.flush(30) == 0
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: not worker.alive(), 120, "the worker to stop on the refused record")
+        assert worker.popen.returncode == 70, worker.tail()
+        log = worker.log.read_text()
+        assert "Kafka refused" in log and changelog in log, worker.tail()
+    finally:
+        stop_all(worker)
+    from confluent_kafka import Consumer
+
+    partition = murmur2_partition(b"EUR/USD", settings.partitions)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": settings.worker_group, "enable.auto.commit": False})
+    try:
+        [committed] = consumer.committed(
+            [TopicPartition(settings.topics.ticks, partition)], timeout=30)
+    finally:
+        consumer.close()
+    assert committed.offset < 1, f"offset {committed.offset} committed past the refused state"
