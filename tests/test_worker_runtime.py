@@ -813,16 +813,22 @@ def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
         stop_all(worker)
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
-        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+        make_settings: Callable[..., Settings], tmp_path: Path, store: str) -> None:
     """A state Kafka does not store must not count as stored: committed past, its
     message would be gone after the next restart. Here the changelog takes no record
     over 64 bytes, so the first message's record is refused: the worker stops (exit 70)
-    and no offset of the source partition is committed."""
+    and no offset of the source partition is committed. Once the changelog takes the
+    record again, a restart applies the message and stores its state there (a RocksDB
+    store must not keep the refused state as applied)."""
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
     from pipeline.runtime.worker import CHANGELOG_CONFIG
     from pipeline.topics import create_changelog_topics
 
-    settings = settings_for(make_settings, partitions=3)
+    settings = settings_for(make_settings, partitions=3, store=store)
     create_topics(settings)
     changelog = f"{settings.worker_group}-candle-state-changelog"
     create_changelog_topics(settings, [changelog],
@@ -840,7 +846,6 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
         assert "Kafka refused" in log and changelog in log, worker.tail()
     finally:
         stop_all(worker)
-    from confluent_kafka import Consumer
 
     partition = murmur2_partition(b"EUR/USD", settings.partitions)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
@@ -851,3 +856,22 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
     finally:
         consumer.close()
     assert committed.offset < 1, f"offset {committed.offset} committed past the refused state"
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC, changelog,
+        incremental_configs=[ConfigEntry("max.message.bytes", str(1 << 20),
+                                         incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+    def stored() -> bool:
+        return any(key == b"EUR/USD" and value["o"] == 0
+                   for key, value in read_topic(settings, changelog))
+
+    worker = Proc(settings, ["worker"], tmp_path / "worker-again.log")
+    try:
+        wait_for(stored, 120, "the restarted worker to store the message's state",
+                 watch=[worker])
+    finally:
+        stop_all(worker)

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, NoReturn
 
@@ -287,14 +287,17 @@ class AgentRuntime:
         if outcome is not None and not outcome.skipped:
             stats.items += outcome.accepted
             await self._send_outputs(key, outcome.outputs, partition, position)
-        cursor.last = position
+        # The cursor moves once the record is queued: the commit timer may run while the
+        # send waits for room, and must neither commit this message nor miss its record.
         if state_value is not None:
             assert key is not None
             await self._write(key, state_value, partition)
             view.keys.add(key)
             self.arrivals[key] = now
         else:
-            await self._write(cursor_key(partition), encode_cursor(cursor), partition)
+            await self._write(cursor_key(partition),
+                              encode_cursor(replace(cursor, last=position)), partition)
+        cursor.last = position
 
     async def _write(self, key: bytes, value: bytes, partition: int) -> None:
         """The table's one write for a message: into the store, and its changelog record
@@ -305,7 +308,8 @@ class AgentRuntime:
         tenth of the worker's CPU at a live 5,000 ticks/s. A record Kafka refuses stops the
         worker at once (through Faust it was only logged, and both committers then went
         past a message whose state no changelog holds); the commit timer also waits for
-        each record, as for the outputs."""
+        each record, as for the outputs. ``partition`` is the current event's: the RocksDB
+        store files the value under that event's partition."""
         self.table.data[key] = value
         future = await self.app.producer.send(self._changelog, key, value, partition=partition,
                                               timestamp=None, headers=None)
@@ -317,8 +321,13 @@ class AgentRuntime:
             return  # the producer stopping; nothing commits past an unsent record
         exc = future.exception()
         if exc is not None:
+            if self._persists_offsets:
+                # RocksDB already holds the refused state and would skip its message
+                # after a restart: the restart rebuilds this table from the changelog.
+                with contextlib.suppress(Exception):
+                    self.table.data.reset_state()
             fail_stop(f"{self.spec.name}: Kafka refused a changelog record of "
-                      f"{self._changelog} ({exc!r})")
+                      f"{self._changelog} ({exc!r})", exc)
         if self._persists_offsets:
             # as Faust's own changelog callback does: RocksDB keeps, per partition, the
             # newest changelog offset it holds, so that recovery reads only what follows
@@ -696,7 +705,7 @@ async def seek_in_consumer_thread(app: faust.App, offsets: dict[Any, int]) -> No
     await app.consumer.seek_wait(offsets)
 
 
-def fail_stop(what: str) -> NoReturn:
+def fail_stop(what: str, exc: BaseException | None = None) -> NoReturn:
     """Leave at once, as a kill -9 would, after an unexpected failure inside a message.
 
     Faust would restart the agent and go on with the next message, while what this
@@ -705,7 +714,8 @@ def fail_stop(what: str) -> NoReturn:
     survive a kill at any line: a restarted worker recovers the changelog and re-reads
     from the committed offsets, so leaving now loses and doubles nothing."""
     log.critical("%s; the worker stops now (exit %d) and a restart resumes from the "
-                 "changelog and the committed offsets", what, EXIT_FAILED_MESSAGE, exc_info=True)
+                 "changelog and the committed offsets", what, EXIT_FAILED_MESSAGE,
+                 exc_info=exc if exc is not None else True)
     logging.shutdown()
     os._exit(EXIT_FAILED_MESSAGE)
 
