@@ -781,23 +781,22 @@ def test_committed_offsets_never_go_back_when_two_workers_drain_a_backlog(
 # --- outputs: a position settles only when Kafka has acknowledged what it sent ---------------
 
 
-def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
-        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    """Faust only logs a send Kafka refused. Counted as acknowledged, its message's
-    position would settle and the states would drop what only that output carried: a
-    bar nobody ever receives. The worker stops with Kafka's error instead (a restart
-    re-sends from the states). Here the candle topic takes no record over 64 bytes."""
+def _limit_record_size(settings: Settings, topic: str, max_bytes: int) -> None:
+    """Make ``topic`` refuse every record batch over ``max_bytes``."""
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
-    settings = settings_for(make_settings, partitions=3)
-    create_topics(settings)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     resource = ConfigResource(
-        ConfigResource.Type.TOPIC, settings.topics.candles,
-        incremental_configs=[ConfigEntry("max.message.bytes", "64",
+        ConfigResource.Type.TOPIC, topic,
+        incremental_configs=[ConfigEntry("max.message.bytes", str(max_bytes),
                                          incremental_operation=AlterConfigOpType.SET)])
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
+
+
+def _worker_log_after_a_refusal(settings: Settings, tmp_path: Path, what: str) -> str:
+    """Produce one EUR/USD message of 5 ticks, start a worker, wait until it stops with
+    exit 70 (a record Kafka refused) and return its log."""
     producer = Producer(producer_config(settings))
     producer.produce(settings.topics.ticks, key=b"EUR/USD",
                      value=orjson.dumps([{"symbol": "EUR/USD", "ts_ms": T0 + i * 1_000,
@@ -805,12 +804,24 @@ def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
     assert producer.flush(30) == 0
     worker = Proc(settings, ["worker"], tmp_path / "worker.log")
     try:
-        wait_for(lambda: not worker.alive(), 120, "the worker to stop on the refused output")
+        wait_for(lambda: not worker.alive(), 120, f"the worker to stop on the refused {what}")
         assert worker.popen.returncode == 70, worker.tail()
-        log = worker.log.read_text()
-        assert "Kafka refused" in log and "records the worker sent" in log, worker.tail()
+        return worker.log.read_text()
     finally:
         stop_all(worker)
+
+
+def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Faust only logs a send Kafka refused. Counted as acknowledged, its message's
+    position would settle and the states would drop what only that output carried: a
+    bar nobody ever receives. The worker stops with Kafka's error instead (a restart
+    re-sends from the states). Here the candle topic takes no record over 64 bytes."""
+    settings = settings_for(make_settings, partitions=3)
+    create_topics(settings)
+    _limit_record_size(settings, settings.topics.candles, 64)
+    log = _worker_log_after_a_refusal(settings, tmp_path, "output")
+    assert "Kafka refused" in log and "records the worker sent" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
@@ -823,7 +834,6 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
     record again, a restart applies the message and stores its state there (a RocksDB
     store must not keep the refused state as applied)."""
     from confluent_kafka import Consumer
-    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
     from pipeline.runtime.worker import CHANGELOG_CONFIG
     from pipeline.topics import create_changelog_topics
@@ -833,19 +843,8 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
     changelog = f"{settings.worker_group}-candle-state-changelog"
     create_changelog_topics(settings, [changelog],
                             {**CHANGELOG_CONFIG, "max.message.bytes": "64"})
-    producer = Producer(producer_config(settings))
-    producer.produce(settings.topics.ticks, key=b"EUR/USD",
-                     value=orjson.dumps([{"symbol": "EUR/USD", "ts_ms": T0 + i * 1_000,
-                                          "bid": 1.1, "ask": 1.1002} for i in range(5)]))
-    assert producer.flush(30) == 0
-    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
-    try:
-        wait_for(lambda: not worker.alive(), 120, "the worker to stop on the refused record")
-        assert worker.popen.returncode == 70, worker.tail()
-        log = worker.log.read_text()
-        assert "Kafka refused" in log and changelog in log, worker.tail()
-    finally:
-        stop_all(worker)
+    log = _worker_log_after_a_refusal(settings, tmp_path, "changelog record")
+    assert "Kafka refused" in log and changelog in log, log[-3000:]
 
     partition = murmur2_partition(b"EUR/USD", settings.partitions)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
@@ -857,13 +856,7 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
         consumer.close()
     assert committed.offset < 1, f"offset {committed.offset} committed past the refused state"
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    resource = ConfigResource(
-        ConfigResource.Type.TOPIC, changelog,
-        incremental_configs=[ConfigEntry("max.message.bytes", str(1 << 20),
-                                         incremental_operation=AlterConfigOpType.SET)])
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(timeout=30)
+    _limit_record_size(settings, changelog, 1 << 20)
 
     def stored() -> bool:
         return any(key == b"EUR/USD" and value["o"] == 0
