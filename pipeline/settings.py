@@ -54,6 +54,8 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_EVENT_LOOP": "event_loop",
     "FXSTREAM_WORKER_LINGER_MS": "worker_linger_ms",
     "FXSTREAM_WORKER_COMPRESSION": "worker_compression",
+    "FXSTREAM_WORKER_RUN_MS": "worker_run_ms",
+    "FXSTREAM_WORKER_RUN_MESSAGES": "worker_run_messages",
     "FXSTREAM_WORKER_GROUP": "worker_group",
     "FXSTREAM_SINK_GROUP": "sink_group",
     "FXSTREAM_SESSION_TIMEOUT_S": "session_timeout_s",
@@ -214,6 +216,13 @@ class Settings(BaseModel):
     # Kafka's disk and network; "none" when the worker's CPU is what is short.
     worker_linger_ms: int = Field(20, ge=0, le=1_000)
     worker_compression: Literal["lz4", "none", "zstd", "gzip", "snappy"] = "lz4"
+    # How long, and for how many messages at most, the worker keeps what it applied in
+    # memory before it writes the states (pipeline.runtime.worker): one changelog record
+    # per key the run touched, not one per message. Outputs go out with each message
+    # regardless; a longer run writes fewer records and commits later, and a crash
+    # re-applies more. 0 writes every message's state on its own.
+    worker_run_ms: int = Field(100, ge=0, le=10_000)
+    worker_run_messages: int = Field(1_000, ge=1, le=100_000)
     worker_group: str = "fxstream-worker"
     sink_group: str = "fxstream-sink"
     session_timeout_s: float = Field(10.0, ge=3, le=300)

@@ -1,7 +1,7 @@
 """What recovery re-sends covers every output Kafka may not have acknowledged, for every
 declared agent (pure, on the declarations the worker runs).
 
-The worker writes a message's changelog record right after publishing its outputs, but
+The worker writes a message's state (with its run's) after publishing its outputs, but
 Kafka acknowledges the two independently (different partitions, different batches): a
 kill -9 can leave the changelog records of many messages stored while their outputs
 are lost. The runtime tells the fold the newest position whose outputs Kafka has

@@ -868,3 +868,111 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
                  watch=[worker])
     finally:
         stop_all(worker)
+
+
+# --- runs: a message's state is written with those of the messages around it ---------------
+
+
+def test_a_run_cut_between_its_records_is_applied_again_exactly(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """The worker writes a run of messages' states as one record per key, the run's end
+    last (pipeline.runtime.positions). A crash can keep a record from before the end
+    without the end; that record's position must not count as the partition's cursor,
+    or the messages below it of the run's other keys would count as applied. The
+    changelog here holds what such a crash leaves of the run [A, B, A]: B's record
+    (position 1, the cursor before the run: none) and not A's. A worker started on it
+    applies both of A's messages and B's once."""
+    from confluent_kafka import Producer as KafkaProducer
+
+    from pipeline.agents.candles import candle_agent
+    from pipeline.runtime.positions import envelope
+    from pipeline.runtime.worker import CHANGELOG_CONFIG
+    from pipeline.topics import create_changelog_topics
+
+    settings = settings_for(make_settings, partitions=3, timeframes=("1m",))
+    create_topics(settings)
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for symbol in SYMBOLS:
+        by_partition[murmur2_partition(symbol.encode(), 3)].append(symbol)
+    partition, (a, b, *_) = next((p, s) for p, s in by_partition.items() if len(s) >= 2)
+
+    def frame(symbol: str, start: int, n: int, bid: float) -> list[dict[str, Any]]:
+        return [{"symbol": symbol, "ts_ms": start + i * 1_000, "bid": bid + i * 1e-4,
+                 "ask": bid + i * 1e-4 + 2e-4} for i in range(n)]
+
+    run = [(a, frame(a, T0, 3, 1.1)), (b, frame(b, T0, 2, 1.3)), (a, frame(a, T0 + 10_000, 4, 1.2))]
+    producer = KafkaProducer(producer_config(settings))
+    for symbol, ticks in run:
+        producer.produce(settings.topics.ticks, key=symbol.encode(), value=orjson.dumps(ticks),
+                         partition=partition)
+    changelog = f"{settings.worker_group}-candle-state-changelog"
+    create_changelog_topics(settings, [changelog], CHANGELOG_CONFIG)
+    b_state = candle_agent(settings).fold(None, b, run[1][1], 1, int(time.time() * 1000), -1).state
+    producer.produce(changelog, key=b.encode(), partition=partition,
+                     value=envelope(partition, 1, orjson.dumps(b_state), -1))
+    assert producer.flush(30) == 0
+
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+
+    def counts() -> tuple[int | None, int | None]:
+        bars = db_candles(settings)
+        return tuple(bars[(s, "1m", T0)]["tick_volume"] if (s, "1m", T0) in bars else None
+                     for s in (a, b))  # type: ignore[return-value]
+
+    try:
+        wait_for(lambda: counts() == (7, 2), 120, f"{a} with 7 ticks and {b} with 2",
+                 watch=[worker, sink])
+        wait_for(lambda: any(lag.partition == partition and lag.committed == 3
+                             for lag in group_lag(settings, settings.worker_group,
+                                                  settings.topics.ticks)),
+                 60, "the worker to commit the run", watch=[worker])
+        assert counts() == (7, 2)
+    finally:
+        stop_all(worker, sink)
+
+
+def test_a_worker_stopped_inside_a_message_writes_its_run_and_stops(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """SIGTERM reaches the worker while a message waits inside the agent (here for Kafka
+    to acknowledge its dead letter: every message carries one). Faust then waits until
+    every message it handed out is acknowledged, and the worker acknowledges a message
+    once its run is written: a message that finishes while the flow is suspended is
+    written at once, not when its run's time is up (a long one here; the timers have
+    stopped by then). The worker stops cleanly, and a restart counts every tick once."""
+    settings = settings_for(make_settings, partitions=3, timeframes=("1m",),
+                            worker_run_ms=10_000)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    count = 3_000
+    for i in range(count):
+        symbol = SYMBOLS[i % len(SYMBOLS)]
+        good = {"symbol": symbol, "ts_ms": T0 + i * 100, "bid": 1.1 + (i % 50) * 1e-4,
+                "ask": 1.1003 + (i % 50) * 1e-4}
+        producer.produce(settings.topics.ticks, key=symbol.encode(),
+                         value=orjson.dumps([good, {**good, "bid": -1.0}]))
+    assert producer.flush(60) == 0
+
+    def counted() -> int:
+        return sum(bar["tick_volume"] for (_, tf, _), bar in db_candles(settings).items()
+                   if tf == "1m")
+
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: len(read_topic(settings, settings.topics.dead_letter, 5)) >= 200, 120,
+                 "the worker to be busy with the messages", watch=[worker])
+        assert worker.stop(timeout_s=60) == 0, worker.tail()
+        assert "wait_empty: Waiting for tasks" not in worker.log.read_text()
+        worker = Proc(settings, ["worker"], tmp_path / "worker-again.log")
+        sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+        try:
+            wait_for(lambda: counted() == count, 180, f"{count} ticks counted",
+                     watch=[worker, sink])
+            wait_for(lambda: all(lag.lag == 0 for lag in group_lag(
+                settings, settings.worker_group, settings.topics.ticks)), 60,
+                "the worker to commit every message", watch=[worker])
+            assert counted() == count
+        finally:
+            stop_all(sink)
+    finally:
+        stop_all(worker)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiokafka
@@ -16,8 +16,9 @@ from pipeline.settings import Settings
 
 
 def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
-    """Faust's aiokafka consumer with the broker's fetch wait set to ``wait_ms``, and
-    offset commits that never go back (pipeline.runtime.commit_floor).
+    """Faust's aiokafka consumer with the broker's fetch wait set to ``wait_ms``, offset
+    commits that never go back (pipeline.runtime.commit_floor), and hooks that run
+    before it waits for every message taken to be acknowledged.
 
     Faust hard-codes ``fetch_max_wait_ms=1500``. While a fetched batch waits to be
     processed, aiokafka fetches only the partitions with nothing pending; when one of
@@ -35,7 +36,17 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
     class FetchWaitConsumer(AIOKafkaConsumer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.commit_floor = CommitFloor()
+            self.before_wait_empty: list[Callable[[], Awaitable[None]]] = []
             super().__init__(*args, **kwargs)
+
+        async def wait_empty(self) -> None:
+            # At a revocation and at shutdown Faust waits here until every message taken
+            # is acknowledged; the worker runtime acknowledges a run of messages once
+            # their states are written, so it writes them first.
+            if not self.should_stop:
+                for hook in self.before_wait_empty:
+                    await hook()
+            await super().wait_empty()
 
         def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
             return FetchWaitThread(self, loop=self.loop, beacon=self.beacon)

@@ -11,7 +11,8 @@ state. Its three functions are pure: no Kafka, no Faust, no clock of their own.
   known). Whatever a message after ``settled`` sent must stay re-sendable from the
   state: Kafka stores the changelog record and the outputs of a message
   independently, so a kill -9 can keep the state of many messages and lose their
-  outputs.
+  outputs. It must not modify ``state``: the runtime keeps a key's state in memory
+  from one message to the next, and a refused message leaves it as it was.
 - ``clock(state, now_ms, last_arrival_ms)``: records the wall clock closes while no
   message arrives (e.g. a quiet bar). The runtime remembers what it sent; the next
   message folds as usual.

@@ -1,13 +1,18 @@
 """Where each source partition stands, kept in the agent's own table.
 
-Exactly-once with one changelog record per message: a key's table value is an
-envelope holding the agent state together with the source position that
-produced it (partition and logical offset). A partition's cursor, the last
-applied offset, is the greatest position among its keys; a message that stores
-no key state (a rejected message, an unknown symbol) writes the partition's
-cursor record instead. Both live in the same changelog partition, so the cursor
-is recovered with the symbols, and messages are applied in order, so every
-offset at or below the cursor has been applied.
+Exactly-once with at most one changelog record per message: a key's table value
+is an envelope holding the agent state together with the source position that
+produced it (partition and logical offset) and the partition's durable cursor as
+of that record (``c``: every message of the partition at or below it is in the
+records up to this one). The worker writes the states of a run of messages
+together (pipeline.runtime.worker): each touched key once, in the run's order of
+keys, the record at the run's end last, carrying the run's end as its cursor; the
+records before it carry the cursor of the run before. A message that stores no
+key state (a rejected message, an unknown symbol) and ends a run writes the
+partition's cursor record instead. All live in the same changelog partition, in
+the order written, so a partition's cursor is the greatest ``c`` among its
+records, whichever of them a crash kept: a key whose record landed past that
+cursor skips, by its own position, the messages re-applied from it.
 
 Logical offsets: ``base + Kafka offset``. The base starts at 0 and moves past the
 old cursor when the source topic is found re-created (a new topic id), so
@@ -61,16 +66,32 @@ def decode_cursor(raw: bytes) -> Cursor:
     return Cursor(base=int(value["base"]), last=int(value["last"]), topic_id=value["topic_id"])
 
 
-def encode_envelope(partition: int, position: int, state: dict[str, Any]) -> bytes:
-    return orjson.dumps({"p": partition, "o": position, "s": state})
+def encode_envelope(partition: int, position: int, state: dict[str, Any],
+                    cursor: int | None = None) -> bytes:
+    """A key's table value; ``cursor`` defaults to ``position`` (a record of its own)."""
+    return envelope(partition, position, orjson.dumps(state),
+                    position if cursor is None else cursor)
+
+
+def envelope(partition: int, position: int, state_json: bytes, cursor: int) -> bytes:
+    """``encode_envelope`` around a state already encoded as JSON (the worker encodes a
+    state once, when its message is applied, to check its size, and writes it later)."""
+    return b'{"p":%d,"o":%d,"c":%d,"s":%b}' % (partition, position, cursor, state_json)
 
 
 def decode_envelope(raw: bytes) -> tuple[int | None, int, dict[str, Any]]:
     """(partition, position, state). Values written by fxstream 0.1 held the candle
     state itself, with its partition and offset inside."""
+    partition, position, _, state = decode_envelope_cursor(raw)
+    return partition, position, state
+
+
+def decode_envelope_cursor(raw: bytes) -> tuple[int | None, int, int, dict[str, Any]]:
+    """(partition, position, durable cursor, state). Envelopes without a cursor were
+    written one per message, so their position is their cursor."""
     value = orjson.loads(raw)
     if "s" in value and "o" in value:
-        return value["p"], value["o"], value["s"]
+        return value["p"], value["o"], value.get("c", value["o"]), value["s"]
     partition = value.get("partition")
-    return (partition if isinstance(partition, int) else None), int(value.get("offset", -1)), value
-
+    offset = int(value.get("offset", -1))
+    return (partition if isinstance(partition, int) else None), offset, offset, value

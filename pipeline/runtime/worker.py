@@ -1,9 +1,9 @@
 """The worker runtime: every agent declared in pipeline.agents, on one Faust app.
 
 Per source message, in order, for each agent (concurrency 1):
-1. skip it when its logical offset is at or below the partition's cursor (applied
-   already); when it lies past cursor + 1, read the skipped range directly from
-   Kafka and apply that first (Faust's consumer can skip offsets around rebalances);
+1. skip it when its logical offset is at or below what the partition applied; when
+   it lies past that + 1, read the skipped range directly from Kafka and apply that
+   first (Faust's consumer can skip offsets around rebalances);
 2. decode it and check its key: invalid JSON, a key that is not a canonical symbol,
    a symbol the configuration does not know (no state is made for it) or a symbol
    on the wrong partition go to the dead-letter topic with their reason;
@@ -12,17 +12,24 @@ Per source message, in order, for each agent (concurrency 1):
    state keeps re-sendable whatever the messages after it sent, since Kafka stores
    a changelog record and the outputs published before it independently;
 4. publish its dead letters and wait until Kafka has them, publish the outputs at
-   once (each stamped with its version, the source partition and offset), then
-   write ONE changelog record: the key's state with its position, or, when the
-   message stores no state, the partition's cursor.
+   once (each stamped with its version, the source partition and offset), and keep
+   the key's new state in the run.
 
-One timer commits, once a second, the offsets the cursors say are applied, after a
-producer flush and Kafka's acknowledgement of every output sent before it, which
-settles the positions applied before it (a refused output, or none acknowledged
-within FXSTREAM_OUTPUT_ACK_TIMEOUT_S, stops the worker; no commit, this
+A run is what the agent applied since it last wrote states: at most
+FXSTREAM_WORKER_RUN_MS old and FXSTREAM_WORKER_RUN_MESSAGES long. Writing it puts
+ONE changelog record per key it touched (the state with its position), the record
+at each partition's end last, or the partition's cursor record when its last
+message stored no state (pipeline.runtime.positions says how the cursor survives a
+crash between them); then its messages are acknowledged to Faust.
+
+One timer commits, once a second, the offsets the written cursors say are applied,
+after a producer flush and Kafka's acknowledgement of every output and record sent
+before it, which settles the positions applied before it (a refused record, or none
+acknowledged within FXSTREAM_OUTPUT_ACK_TIMEOUT_S, stops the worker; no commit, this
 one's or Faust's own, moves a held partition's offset back:
 pipeline.runtime.commit_floor); another closes, by the wall clock, what quiet keys
-hold. After every rebalance the runtime rebuilds its view of the
+hold. Before a rebalance or a shutdown lets Faust wait for its messages, each agent
+writes its run. After every rebalance the runtime rebuilds its view of the
 partitions it holds from the recovered table, forgets everything else (Faust's
 memory store keeps keys of revoked partitions), and re-sends what the held states
 stand for.
@@ -54,8 +61,9 @@ from pipeline.runtime.positions import (
     cursor_partition,
     decode_cursor,
     decode_envelope,
+    decode_envelope_cursor,
     encode_cursor,
-    encode_envelope,
+    envelope,
     is_cursor_key,
 )
 from pipeline.runtime.source import describe_topic, read_range, watermarks
@@ -100,6 +108,7 @@ class AgentStats:
     frames_out: int = 0
     reread: int = 0
     resumed: int = 0  # stalled partitions sought back
+    runs: int = 0  # runs of messages whose states were written together
     first_event: float | None = None  # monotonic time of the first message processed
     last_event: float | None = None
 
@@ -114,6 +123,24 @@ class PartitionView:
     # The newest position whose outputs Kafka has acknowledged (a producer flush
     # returned after it was applied); -1 until the first flush after recovery.
     settled: int = -1
+    # The newest position applied in memory: ``cursor.last`` (what the changelog
+    # holds, and what is committed) catches up when the run's states are written.
+    applied: int = -1
+    # The greatest position among the recovered keys: past the cursor when a crash cut
+    # a run's records short
+    top: int = -1
+
+
+@dataclass
+class Run:
+    """Messages applied since their states were last written (``AgentRuntime.write_run``)."""
+
+    # key -> (partition, position of its last message, state JSON, state)
+    states: dict[bytes, tuple[int, int, bytes, Any]] = field(default_factory=dict)
+    ends: dict[int, tuple[PartitionView, int]] = field(default_factory=dict)  # p -> last
+    events: list[Any] = field(default_factory=list)  # Faust events, acked once written
+    messages: int = 0
+    started: float = 0.0  # monotonic time of its first message
 
 
 class AgentRuntime:
@@ -158,12 +185,25 @@ class AgentRuntime:
         self.committed: dict[int, int] = {}
         self.source_partitions: int | None = None
         self.known = spec.known_keys
+        self.run = Run()
+        self._writing = asyncio.Lock()
+        self._stream: Any = None  # the agent's, once it runs
         app.agent(self.source, name=f"{spec.name}-agent", concurrency=1)(self._agent)
         self.table.on_recover(self._after_recovery)
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT) -> None:
+        # A message is acknowledged to Faust (whose committer commits acknowledged
+        # offsets) once its run's records are queued, not when the next one is taken.
+        stream.enable_acks = False
+        self._stream = stream
+        hooks = getattr(self.app.consumer, "before_wait_empty", None)
+        if hooks is not None and self.write_run not in hooks:
+            hooks.append(self.write_run)
+        run_limit = self.settings.worker_run_messages
+        run_s = self.settings.worker_run_ms / 1000
+        flow = self.app.flow_control
         async for event in stream.events():
             msg = event.message
             self.stats.last_event = time.monotonic()
@@ -173,14 +213,22 @@ class AgentRuntime:
             view.last_seen = self.stats.last_event
             cursor = view.cursor
             position = cursor.logical(msg.offset)
-            if position <= cursor.last:
-                self.stats.skipped += 1
-                continue
             try:
-                if position > cursor.last + 1:
-                    await self._reread(msg.topic, msg.partition,
-                                       cursor.kafka_offset(cursor.last + 1), msg.offset)
-                await self._apply(msg.key, msg.value, msg.topic, msg.partition, msg.offset)
+                if position <= view.applied:
+                    self.stats.skipped += 1
+                    await stream.ack(event)
+                else:
+                    if position > view.applied + 1:
+                        await self._reread(msg.topic, msg.partition,
+                                           cursor.kafka_offset(view.applied + 1), msg.offset)
+                    await self._apply(msg.key, msg.value, msg.topic, msg.partition,
+                                      msg.offset)
+                    self.run.events.append(event)
+                run = self.run
+                # A suspended flow: a rebalance or a shutdown waits for this message
+                if run.messages and (run.messages >= run_limit or not flow.is_active()
+                                     or time.monotonic() - run.started >= run_s):
+                    await self.write_run()
             except Exception:
                 fail_stop(f"{self.spec.name}: applying {msg.topic}[{msg.partition}] offset "
                           f"{msg.offset} failed")
@@ -211,10 +259,13 @@ class AgentRuntime:
         self.stats.reread += len(got.messages)
         for key, value, offset in got.messages:
             await self._apply(key, value, topic, partition, offset)
+            if self.run.messages >= self.settings.worker_run_messages:
+                await self.write_run()
 
     async def _apply(self, key: bytes | None, raw: bytes | None, topic: str, partition: int,
                      offset: int) -> None:
-        """Apply one source message; exactly one changelog record is written for it."""
+        """Apply one source message to the run: its outputs and dead letters go out now,
+        its state with the run's (``write_run``)."""
         stats = self.stats
         stats.messages += 1
         view = self.views.setdefault(partition, PartitionView())
@@ -223,6 +274,7 @@ class AgentRuntime:
         now = now_ms()
         where = (topic, partition, offset)
         if cursor.dirty:  # a new base or topic id goes out before anything built on it
+            await self.write_run()
             cursor.dirty = False
             await self._write(cursor_key(partition), encode_cursor(cursor), partition)
 
@@ -258,59 +310,122 @@ class AgentRuntime:
                 item) for i, item in enumerate(items))
             items = None
 
-        state_value: bytes | None = None
+        state_json: bytes | None = None
         outcome = None
         if items is not None:
             assert key is not None and symbol is not None
-            raw_state = self.table.get(key)
-            state = None if raw_state is None else decode_envelope(raw_state)[2]
+            held = self.run.states.get(key)
+            if held is not None:
+                state = held[3]
+            else:
+                raw_state = self.table.get(key)
+                state = None if raw_state is None else decode_envelope(raw_state)[2]
             outcome = self.spec.fold(state, symbol, items, position, now, view.settled)
             rejects.extend(outcome.rejects)
             if outcome.state is not None and not outcome.skipped:
-                state_value = encode_envelope(partition, position, outcome.state)
-                if len(state_value) > self.settings.max_state_bytes:
+                state_json = orjson.dumps(outcome.state)
+                size = len(envelope(partition, position, state_json, position))
+                if size > self.settings.max_state_bytes:
                     # Kafka would refuse the changelog record, and the producer's failure
                     # would stop the worker: the message is refused instead, its items
                     # dead-lettered, and the symbol's state stays as it was.
                     refused = {r.index for r in outcome.rejects}
                     detail = (f"{symbol}'s {self.spec.name} state would grow to "
-                              f"{len(state_value):,} bytes, more than a changelog record may "
+                              f"{size:,} bytes, more than a changelog record may "
                               f"hold (FXSTREAM_MAX_STATE_BYTES, "
                               f"{self.settings.max_state_bytes:,}); a shorter lateness keeps "
                               "less of it")
                     rejects.extend(Reject(i, "state_too_large", detail, item)
                                    for i, item in enumerate(items) if i not in refused)
-                    outcome, state_value = None, None
+                    outcome, state_json = None, None
 
         if rejects:
             await self._send_dead_letters(rejects, where, symbol, framed)
         if outcome is not None and not outcome.skipped:
             stats.items += outcome.accepted
             await self._send_outputs(key, outcome.outputs, partition, position)
-        # The cursor moves once the record is queued: the commit timer may run while the
-        # send waits for room, and must neither commit this message nor miss its record.
-        if state_value is not None:
-            assert key is not None
-            await self._write(key, state_value, partition)
+        run = self.run
+        if state_json is not None:
+            assert key is not None and outcome is not None
+            run.states.pop(key, None)  # re-inserted: the run keeps its keys in order of last use
+            run.states[key] = (partition, position, state_json, outcome.state)
             view.keys.add(key)
             self.arrivals[key] = now
-        else:
-            await self._write(cursor_key(partition),
-                              encode_cursor(replace(cursor, last=position)), partition)
-        cursor.last = position
+        run.ends[partition] = (view, position)
+        if not run.messages:
+            run.started = time.monotonic()
+        run.messages += 1
+        view.applied = position
+
+    async def write_run(self) -> None:
+        """Write the states of the run: each key it touched once, then acknowledge its
+        messages to Faust.
+
+        Per partition the record at the run's end goes last and carries the run's end as
+        the partition's cursor; the records before it carry the cursor of the run
+        before (pipeline.runtime.positions). A crash between them keeps the older
+        cursor, and the re-applied messages skip, by each key's own position, the keys
+        whose record landed. A run that ends with a message storing no state ends with
+        the partition's cursor record. The cursor moves once the records are queued:
+        the commit timer may run while a send waits for room, and must neither commit
+        these messages nor miss their records."""
+        async with self._writing:
+            run, self.run = self.run, Run()
+            if not run.messages:
+                return
+            self.stats.runs += 1
+            records: list[tuple[bytes, bytes, int]] = []
+            last: dict[int, tuple[bytes, bytes, int]] = {}  # p -> the run's final record
+            for key, (p, position, state_json, _) in run.states.items():
+                view, end = run.ends[p]
+                if position == end:
+                    last[p] = key, envelope(p, position, state_json, end), p
+                else:
+                    records.append((key, envelope(p, position, state_json, view.cursor.last), p))
+            for p, (view, end) in run.ends.items():
+                records.append(last.get(p) or (
+                    cursor_key(p), encode_cursor(replace(view.cursor, last=end)), p))
+            # Into the store at once, before any send can wait: the agent goes on with the
+            # next run meanwhile, and reads from the store what this run left.
+            try:
+                for key, value, p in records:
+                    self._store(key, value, p)
+                for key, value, p in records:
+                    await self._send_changelog(key, value, p)
+            except Exception as exc:
+                self._stop_with_store_ahead(
+                    f"{self.spec.name}: writing the states of {run.messages} messages failed",
+                    exc)
+            for view, end in run.ends.values():
+                view.cursor.last = max(view.cursor.last, end)
+            for event in run.events:
+                await self._stream.ack(event)
 
     async def _write(self, key: bytes, value: bytes, partition: int) -> None:
-        """The table's one write for a message: into the store, and its changelog record
-        to the producer now, into the changelog partition of the source partition.
+        """A table write of its own: into the store, and its record to the changelog."""
+        self._store(key, value, partition)
+        await self._send_changelog(key, value, partition)
+
+    def _store(self, key: bytes, value: bytes, partition: int) -> None:
+        store = self.table.data
+        if self._persists_offsets:
+            # RocksDB keeps a database per partition and files a plain write under the
+            # current event's partition, while a run's records can be other partitions'
+            store._key_index[key] = partition
+            store._db_for_partition(partition).put(key, value)
+        else:
+            store[key] = value
+
+    async def _send_changelog(self, key: bytes, value: bytes, partition: int) -> None:
+        """A record to the producer now, into the changelog partition of the source
+        partition.
 
         What Faust's ``table[key] = value`` does, without its send buffer: that queues the
         record for a task of its own, one wake-up of that task per message, and took a
         tenth of the worker's CPU at a live 5,000 ticks/s. A record Kafka refuses stops the
         worker at once (through Faust it was only logged, and both committers then went
         past a message whose state no changelog holds); the commit timer also waits for
-        each record, as for the outputs. ``partition`` is the current event's: the RocksDB
-        store files the value under that event's partition."""
-        self.table.data[key] = value
+        each record, as for the outputs."""
         future = await self.app.producer.send(self._changelog, key, value, partition=partition,
                                               timestamp=None, headers=None)
         future.add_done_callback(self._changelog_sent)
@@ -321,19 +436,23 @@ class AgentRuntime:
             return  # the producer stopping; nothing commits past an unsent record
         exc = future.exception()
         if exc is not None:
-            if self._persists_offsets:
-                # RocksDB already holds the refused state and would skip its message
-                # after a restart: the restart rebuilds this table from the changelog.
-                with contextlib.suppress(Exception):
-                    self.table.data.reset_state()
-            fail_stop(f"{self.spec.name}: Kafka refused a changelog record of "
-                      f"{self._changelog} ({exc!r})", exc)
+            self._stop_with_store_ahead(f"{self.spec.name}: Kafka refused a changelog record "
+                                        f"of {self._changelog} ({exc!r})", exc)
         if self._persists_offsets:
             # as Faust's own changelog callback does: RocksDB keeps, per partition, the
             # newest changelog offset it holds, so that recovery reads only what follows
             metadata = future.result()
             self.table.data.set_persisted_offset(
                 TP(metadata.topic, metadata.partition), metadata.offset)
+
+    def _stop_with_store_ahead(self, what: str, exc: BaseException) -> NoReturn:
+        """``fail_stop`` when the store holds a state the changelog may not: RocksDB
+        would keep it and skip its message after a restart, so the restart rebuilds
+        this table from the changelog instead (the memory store keeps nothing)."""
+        if self._persists_offsets:
+            with contextlib.suppress(Exception):
+                self.table.data.reset_state()
+        fail_stop(what, exc)
 
     async def _send_outputs(self, key: bytes | None, outputs: list[dict[str, Any]],
                             partition: int, position: int) -> None:
@@ -445,14 +564,17 @@ class AgentRuntime:
                 else:
                     stale.append(key)
                 continue
-            p, o, state = decode_envelope(raw)
+            p, o, c, state = decode_envelope_cursor(raw)
             if p in held:
                 assert p is not None
                 views[p].keys.add(key)
-                views[p].cursor.last = max(views[p].cursor.last, o)
+                views[p].cursor.last = max(views[p].cursor.last, c)
+                views[p].top = max(views[p].top, o)
                 states.append((key, p, o, state))
             else:
                 stale.append(key)
+        for view in views.values():
+            view.applied = view.cursor.last
         self._forget(stale)
         await self._check_source_identity(views, recovery)
         if recovery != self._recoveries:
@@ -505,6 +627,9 @@ class AgentRuntime:
             if cursor.topic_id is None:
                 cursor.topic_id, cursor.dirty = ident.topic_id, True
             elif cursor.topic_id != ident.topic_id:
+                # past every position stored: those of a run a crash cut short, whose
+                # messages are gone with the old topic, included
+                cursor.last = view.applied = max(cursor.last, view.top)
                 log.error("%s[%d] was deleted and re-created (topic id %s, was %s): its offsets "
                           "start again below the %d already applied. Applying the new topic "
                           "from its start; positions continue from %d so versions downstream "
@@ -589,7 +714,7 @@ class AgentRuntime:
             if tp is None or p not in ends or self.views.get(p) is not view:
                 continue
             low, high = ends[p]
-            nxt = max(view.cursor.kafka_offset(view.cursor.last + 1), low)
+            nxt = max(view.cursor.kafka_offset(view.applied + 1), low)
             if nxt >= high or time.monotonic() - view.last_seen < idle_s:
                 continue
             if not await self._read_to_end(tp, high):
@@ -629,13 +754,17 @@ class AgentRuntime:
         for p, view in list(self.views.items()):
             tp = assigned.get(p)
             highwater = self.app.consumer.highwater(tp) if tp is not None else None
-            if highwater is not None and view.cursor.kafka_offset(view.cursor.last) + 1 < highwater:
+            if highwater is not None and view.cursor.kafka_offset(view.applied) + 1 < highwater:
                 continue  # a backlog: its keys are not quiet, their messages are queued
             for key in list(view.keys):
-                raw = self.table.get(key)
-                if raw is None:
-                    continue
-                _, o, state = decode_envelope(raw)
+                held = self.run.states.get(key)
+                if held is not None:
+                    _, o, _, state = held
+                else:
+                    raw = self.table.get(key)
+                    if raw is None:
+                        continue
+                    _, o, state = decode_envelope(raw)
                 fresh = []
                 for record in self.spec.clock(state, now, self.arrivals.get(key)):
                     ident = (key, _record_identity(record))
@@ -690,10 +819,11 @@ class AgentRuntime:
         s = self.stats
         active = (s.last_event or 0.0) - (s.first_event or 0.0)
         log.info("%s worker stopping: %d messages, %d %s, %d skipped as already applied, %d "
-                 "re-read, %d stalled partitions sought back, %d rejected, %d records sent; %.3f s "
+                 "re-read, %d stalled partitions sought back, %d rejected, %d records sent, "
+                 "states written in %d runs; %.3f s "
                  "between the first and the last message (monotonic %.3f to %.3f)",
                  self.spec.name, s.messages, s.items, self.spec.item_noun, s.skipped,
-                 s.reread, s.resumed, s.rejected, s.outputs, active,
+                 s.reread, s.resumed, s.rejected, s.outputs, s.runs, active,
                  s.first_event or 0.0, s.last_event or 0.0)
 
 
@@ -764,6 +894,8 @@ class WorkerRuntime:
         app.timer(interval=1.0, name="fxstream-clock")(self.close_by_clock)
         app.timer(interval=STALL_S, name="fxstream-stalls")(self.resume_stalled)
         app.timer(interval=1.0, name="fxstream-metrics")(self.observe)
+        app.timer(interval=max(0.01, settings.worker_run_ms / 1000),
+                  name="fxstream-runs")(self.write_runs)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
 
@@ -858,6 +990,14 @@ class WorkerRuntime:
                       "changelog) were cancelled unsent")
         return True
 
+    async def write_runs(self) -> None:
+        """Write the runs that waited ``FXSTREAM_WORKER_RUN_MS`` (the agent writes its own
+        when the next message comes; this writes them when none comes)."""
+        deadline = time.monotonic() - self.settings.worker_run_ms / 1000
+        for agent in self.agents:
+            if agent.run.messages and agent.run.started <= deadline:
+                await agent.write_run()
+
     async def close_by_clock(self) -> None:
         for agent in self.agents:
             await agent.close_by_clock()
@@ -901,4 +1041,5 @@ class WorkerRuntime:
 
     async def _on_shutdown(self, app: faust.App, **kw: Any) -> None:
         for agent in self.agents:
+            await agent.write_run()  # while the producer runs; what it acknowledges commits
             agent.report()
