@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.monitor import group_lag
@@ -28,7 +28,7 @@ from pipeline.topics import create_topics
 from producers.kafka_io import producer_config
 from producers.synthetic import SyntheticTicks
 from tests.conftest import wait_for
-from tests.pipeline_helpers import Proc, db_candles, read_topic, run_cli
+from tests.pipeline_helpers import Proc, committed_total, db_candles, read_topic, run_cli
 from tests.reference_candles import reference_from_csv
 from tests.test_candles_crash import group_settled
 from tests.test_candles_pipeline import wait_for_reference
@@ -822,6 +822,56 @@ def test_an_output_kafka_refuses_stops_the_worker_instead_of_counting_as_sent(
     _limit_record_size(settings, settings.topics.candles, 64)
     log = _worker_log_after_a_refusal(settings, tmp_path, "output")
     assert "Kafka refused" in log and "records the worker sent" in log, log[-3000:]
+
+
+def test_no_offset_is_committed_while_kafka_has_not_acknowledged_the_outputs(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Outputs go through a producer of their own, which Faust's committer does not
+    flush; it commits the messages whose runs are written, and a crash after such a
+    commit would lose outputs still queued. Here the candle topic is deleted under a
+    running worker: the message is applied and its run written, but its output waits,
+    and no offset may be committed until the worker gives up on it (exit 70). A
+    restart re-creates the topic and sends the bars."""
+    settings = settings_for(make_settings, partitions=3, output_ack_timeout_s=8)
+    create_topics(settings)
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        wait_for(lambda: "recovered candle state" in worker.log.read_text(), 120,
+                 "the worker to join", watch=[worker])
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        admin.delete_topics([settings.topics.candles])[settings.topics.candles].result(30)
+        wait_for(lambda: settings.topics.candles not in admin.list_topics(timeout=10).topics,
+                 60, "the candle topic to go")
+        producer = Producer(producer_config(settings))
+        producer.produce(settings.topics.ticks, key=b"EUR/USD",
+                         value=orjson.dumps([{"symbol": "EUR/USD", "ts_ms": T0 + i * 1_000,
+                                              "bid": 1.1, "ask": 1.1002} for i in range(5)]))
+        assert producer.flush(30) == 0
+        wait_for(lambda: not worker.alive(), 120, "the worker to stop on the waiting output")
+        assert worker.popen.returncode == 70, worker.tail()
+    finally:
+        stop_all(worker)
+    log = worker.log.read_text()
+    assert "the worker's outputs" in log or "Kafka refused" in log, log[-3000:]
+    changelog = f"{settings.worker_group}-candle-state-changelog"
+    assert any(key == b"EUR/USD" for key, _ in read_topic(settings, changelog)), \
+        "the message's run was not written: nothing here would have been committed"
+    assert committed_total(settings, settings.worker_group, settings.topics.ticks) == 0
+
+    def bars_sent() -> bool:
+        try:
+            return any(r.get("symbol") == "EUR/USD" for r in candle_records(settings))
+        except KafkaException:  # the topic just re-created, its leader not yet known
+            return False
+
+    again = Proc(settings, ["worker"], tmp_path / "worker-again.log")
+    try:
+        wait_for(bars_sent, 120, "the restarted worker to send the bars", watch=[again])
+        wait_for(lambda: committed_total(settings, settings.worker_group,
+                                         settings.topics.ticks) == 1,
+                 60, "the message's offset to be committed", watch=[again])
+    finally:
+        stop_all(again)
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])

@@ -37,6 +37,9 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.commit_floor = CommitFloor()
             self.before_wait_empty: list[Callable[[], Awaitable[None]]] = []
+            # Each must answer True before an offset commit: the worker's outputs go
+            # through a producer of their own, which Faust does not flush
+            self.before_commit: list[Callable[[], Awaitable[bool]]] = []
             super().__init__(*args, **kwargs)
 
         async def wait_empty(self) -> None:
@@ -57,6 +60,9 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
             ahead = floor.ahead(offsets)
             if not ahead:
                 return True
+            for barrier in self.before_commit:
+                if not await barrier():
+                    return False
             done = await super()._commit(ahead)
             if done:
                 floor.committed(ahead, self.assignment())

@@ -85,6 +85,7 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     finally:
+        runtime.publishers.close()
         write_status(settings.state_dir, "worker", "stopped", group=settings.worker_group)
         if endpoints is not None:
             endpoints.close()

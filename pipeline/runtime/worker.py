@@ -49,12 +49,14 @@ from typing import Any, NoReturn
 import faust
 import orjson
 from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaException
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from pipeline.core.deadletters import dead_letter, dead_letter_key
 from pipeline.observability.metrics import AgentMetrics, WorkerMetrics
 from pipeline.runtime.declaration import TARGET, AgentSpec, Reject
+from pipeline.runtime.output_producer import Publishers
 from pipeline.runtime.positions import (
     Cursor,
     cursor_key,
@@ -147,8 +149,10 @@ class AgentRuntime:
     """One declared agent on the app: its topics, table, and the exactly-once loop."""
 
     def __init__(self, app: faust.App, settings: Settings, spec: AgentSpec,
-                 dead_letters: faust.TopicT, metrics: AgentMetrics) -> None:
+                 dead_letters: faust.TopicT, metrics: AgentMetrics,
+                 publishers: Publishers) -> None:
         self.app = app
+        self.publishers = publishers
         self.settings = settings
         self.spec = spec
         self.metrics = metrics
@@ -201,6 +205,9 @@ class AgentRuntime:
         hooks = getattr(self.app.consumer, "before_wait_empty", None)
         if hooks is not None and self.write_run not in hooks:
             hooks.append(self.write_run)
+        barriers = getattr(self.app.consumer, "before_commit", None)
+        if barriers is not None and self.publishers.before_commit not in barriers:
+            barriers.append(self.publishers.before_commit)
         run_limit = self.settings.worker_run_messages
         run_s = self.settings.worker_run_ms / 1000
         flow = self.app.flow_control
@@ -489,12 +496,10 @@ class AgentRuntime:
 
     async def _publish(self, topic: faust.TopicT, key: bytes | None,
                        value: bytes) -> asyncio.Future[Any]:
-        """Hand one record to the app's producer now, partitioned by murmur2 of its key
-        as Faust's ``topic.send`` would; the future resolves once Kafka acknowledges it.
-        Straight to the producer: Faust's send path (its message wrappers, codecs and
-        sensors) cost a tenth of the worker's time, one record per source message."""
-        return await self.app.producer.send(topic.get_topic_name(), key, value,
-                                            partition=None, timestamp=None, headers=None)
+        """Hand one output to the output producer (pipeline.runtime.output_producer),
+        partitioned by murmur2 of its key as Faust's ``topic.send`` would; the future
+        resolves once Kafka acknowledges it."""
+        return await self.publishers.outputs.send(topic.get_topic_name(), key, value)
 
     async def _send_dead_letters(self, rejects: list[Reject], where: tuple[str, int, int],
                                  symbol: str | None, framed: bool) -> None:
@@ -508,18 +513,23 @@ class AgentRuntime:
                                  topic=topic, partition=partition, offset=offset,
                                  index=rej.index if framed and rej.index >= 0 else None,
                                  payload=rej.payload, symbol=symbol, now_ms=now)
-            pending.append(await self._publish(self.dead_letters, dead_letter_key(record),
-                                               orjson.dumps(record)))
+            pending.append(await self.publishers.dead_letters.send(
+                self.dead_letters.get_topic_name(), dead_letter_key(record),
+                orjson.dumps(record)))
         self.stats.rejected += len(rejects)
         for rej in rejects:
             self.metrics.dead_letter(rej.reason)
-        # The agent waits here, so the producer's batches go out now rather than after
-        # FXSTREAM_WORKER_LINGER_MS: each message with a reject would otherwise hold the
-        # worker for the linger. (aiokafka's flush() waits for the linger to pass; the
-        # flush it runs before a transaction commit closes the open batches and wakes
-        # its sender.)
-        await self.app.producer._ensure_producer()._message_accumulator.flush_for_commit()
-        await asyncio.gather(*pending)
+        # Their producer does not linger: the agent waits here for every message with a
+        # reject. A dead letter Kafka refuses, or does not take in time, stops the worker.
+        timeout = self.settings.output_ack_timeout_s
+        try:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+        except TimeoutError:
+            fail_stop(f"Kafka did not acknowledge the worker's dead letters within "
+                      f"{timeout:g} s (FXSTREAM_OUTPUT_ACK_TIMEOUT_S)")
+        except KafkaException as exc:
+            fail_stop(f"Kafka refused a dead letter of {topic}[{partition}] offset {offset} "
+                      f"({exc!r})", exc)
 
     # -- rebalances ---------------------------------------------------------------------------
 
@@ -886,8 +896,10 @@ class WorkerRuntime:
         self.metrics = metrics
         dead_letters = app.topic(settings.topics.dead_letter, key_type=bytes,
                                  value_type=bytes, partitions=settings.partitions)
+        self.publishers = Publishers(settings, lambda: bool(app.rebalancing))
         self.agents = [AgentRuntime(app, settings, spec, dead_letters,
-                                    AgentMetrics.of(metrics, spec.name)) for spec in specs]
+                                    AgentMetrics.of(metrics, spec.name), self.publishers)
+                       for spec in specs]
         self._lag_series: set[tuple[str, str, str]] = set()
         self._rebalances = 0  # revocations so far: a commit that met one is not recorded
         app.timer(interval=1.0, name="fxstream-commit")(self.commit_applied)
