@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -10,9 +11,12 @@ import aiokafka
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from mode.services import WaitResults
 
 from pipeline.runtime.commit_floor import CommitFloor
 from pipeline.settings import Settings
+
+_EVENT_WAIT = asyncio.Event.wait.__code__  # the flow's suspend_flow.wait() coroutine
 
 
 def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
@@ -40,6 +44,7 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
             # Each must answer True before an offset commit: the worker's outputs go
             # through a producer of their own, which Faust does not flush
             self.before_commit: list[Callable[[], Awaitable[bool]]] = []
+            self._interrupt: asyncio.Future[None] | None = None
             super().__init__(*args, **kwargs)
 
         async def wait_empty(self) -> None:
@@ -50,6 +55,47 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
                 for hook in self.before_wait_empty:
                     await hook()
             await super().wait_empty()
+
+        async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+            # Faust's drain loop races each message's delivery to its stream against the
+            # flow's suspension, and mode's wait_first adds the consumer's stop and crash:
+            # four tasks a message, three of them cancelled again. While the flow runs,
+            # the delivery runs as one task against one task shared by all three, which
+            # lives until one of them happens; the outcome is the same.
+            if (timeout is not None or len(coros) != 2 or not asyncio.iscoroutine(coros[0])
+                    or getattr(coros[1], "cr_code", None) is not _EVENT_WAIT
+                    or coros[1].cr_frame.f_locals.get("self") is not self.suspend_flow
+                    or self.suspend_flow.is_set() or self.should_stop):
+                return await super().wait_first(*coros, timeout=timeout)
+            interrupt = self._interrupt
+            if interrupt is None or interrupt.done():
+                interrupt = self._interrupt = asyncio.ensure_future(self._interrupted())
+            delivery_coro, suspended = coros
+            suspended.close()
+            delivery = asyncio.ensure_future(delivery_coro)
+            try:
+                await asyncio.wait((delivery, interrupt), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not delivery.done():
+                    delivery.cancel()  # it unwinds on a later turn of the loop, as in mode
+            if delivery.done():
+                result = delivery.result()  # its exception, or its cancellation, goes up
+                if self.should_stop:
+                    return WaitResults([], [], True)
+                return WaitResults([delivery_coro], [result], False)
+            if self.should_stop:
+                return WaitResults([], [], True)
+            return WaitResults([suspended], [True], False)
+
+        async def _interrupted(self) -> None:
+            """Until the flow is suspended or the consumer stops or crashes."""
+            waits = [asyncio.ensure_future(event.wait())
+                     for event in (self.suspend_flow, self._stopped, self._crashed)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
         def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
             return FetchWaitThread(self, loop=self.loop, beacon=self.beacon)
