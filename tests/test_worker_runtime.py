@@ -982,6 +982,70 @@ def test_a_run_cut_between_its_records_is_applied_again_exactly(
         stop_all(worker, sink)
 
 
+def test_a_run_cut_short_on_a_topic_since_re_created_does_not_hide_the_new_messages(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A crash cut a run of the old topic short: B's record landed with position 40, the
+    run's end did not, so the partition's cursor says 2. The topic was then deleted and
+    created again. Positions on the new topic must continue past 40, not past the
+    cursor: from 3 on, B's new messages would be at or below its stored position and
+    skipped as already applied. The changelog here holds what that leaves (the old
+    topic's cursor record, B's record); the tick topic is the new one."""
+    from confluent_kafka import Producer as KafkaProducer
+
+    from pipeline.agents.candles import candle_agent
+    from pipeline.runtime.positions import Cursor, cursor_key, encode_cursor, envelope
+    from pipeline.runtime.worker import CHANGELOG_CONFIG
+    from pipeline.topics import create_changelog_topics
+
+    settings = settings_for(make_settings, partitions=3, timeframes=("1m",))
+    create_topics(settings)
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for symbol in SYMBOLS:
+        by_partition[murmur2_partition(symbol.encode(), 3)].append(symbol)
+    partition, (a, b, *_) = next((p, s) for p, s in by_partition.items() if len(s) >= 2)
+
+    def frame(symbol: str, start: int, n: int, bid: float) -> list[dict[str, Any]]:
+        return [{"symbol": symbol, "ts_ms": start + i * 1_000, "bid": bid + i * 1e-4,
+                 "ask": bid + i * 1e-4 + 2e-4} for i in range(n)]
+
+    producer = KafkaProducer(producer_config(settings))
+    for symbol, ticks in [(a, frame(a, T0, 3, 1.1)), (b, frame(b, T0, 2, 1.3)),
+                          (a, frame(a, T0 + 10_000, 4, 1.2))]:
+        producer.produce(settings.topics.ticks, key=symbol.encode(), value=orjson.dumps(ticks),
+                         partition=partition)
+    changelog = f"{settings.worker_group}-candle-state-changelog"
+    create_changelog_topics(settings, [changelog], CHANGELOG_CONFIG)
+    old_cursor = Cursor(base=0, last=2, topic_id="the-deleted-topic")
+    producer.produce(changelog, key=cursor_key(partition), partition=partition,
+                     value=encode_cursor(old_cursor))
+    b_state = candle_agent(settings).fold(None, b, frame(b, T0 - 3_600_000, 2, 1.3), 40,
+                                          int(time.time() * 1000), -1).state
+    producer.produce(changelog, key=b.encode(), partition=partition,
+                     value=envelope(partition, 40, orjson.dumps(b_state), 2))
+    assert producer.flush(30) == 0
+
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    sink = Proc(settings, ["sink"], tmp_path / "sink.log")
+
+    def counts() -> tuple[int | None, int | None]:
+        bars = db_candles(settings)
+        return tuple(bars[(s, "1m", T0)]["tick_volume"] if (s, "1m", T0) in bars else None
+                     for s in (a, b))  # type: ignore[return-value]
+
+    try:
+        wait_for(lambda: "was deleted and re-created" in worker.log.read_text(), 90,
+                 "the worker to report the re-created topic", watch=[worker])
+        wait_for(lambda: counts() == (7, 2), 120, f"{a} with 7 ticks and {b} with 2",
+                 watch=[worker, sink])
+        wait_for(lambda: any(lag.partition == partition and lag.committed == 3
+                             for lag in group_lag(settings, settings.worker_group,
+                                                  settings.topics.ticks)),
+                 60, "the worker to commit the new topic's messages", watch=[worker])
+        assert counts() == (7, 2)
+    finally:
+        stop_all(worker, sink)
+
+
 def test_a_worker_stopped_inside_a_message_writes_its_run_and_stops(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """SIGTERM reaches the worker while a message waits inside the agent (here for Kafka
