@@ -28,7 +28,14 @@ from pipeline.topics import create_topics
 from producers.kafka_io import producer_config
 from producers.synthetic import SyntheticTicks
 from tests.conftest import wait_for
-from tests.pipeline_helpers import Proc, committed_total, db_candles, read_topic, run_cli
+from tests.pipeline_helpers import (
+    Proc,
+    committed_total,
+    db_candles,
+    end_offsets,
+    read_topic,
+    run_cli,
+)
 from tests.reference_candles import reference_from_csv
 from tests.test_candles_crash import group_settled
 from tests.test_candles_pipeline import wait_for_reference
@@ -1090,3 +1097,37 @@ def test_a_worker_stopped_inside_a_message_writes_its_run_and_stops(
             stop_all(sink)
     finally:
         stop_all(worker)
+
+
+def test_a_worker_stopped_between_messages_writes_its_run_and_commits_it(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """SIGTERM reaches the worker after it applied every message there is, their run not
+    yet written (a run lasts up to 10 s here). No message finishes after the flow is
+    suspended, and the timers stop with the worker: the run must be written when Faust
+    starts waiting for every message to be acknowledged, or that wait never ends. The
+    stop commits every message."""
+    settings = settings_for(make_settings, partitions=3, timeframes=("1m",),
+                            worker_run_ms=10_000, worker_run_messages=100_000)
+    create_topics(settings)
+    producer = Producer(producer_config(settings))
+    count = 30
+    for i in range(count):
+        symbol = SYMBOLS[i % len(SYMBOLS)]
+        good = {"symbol": symbol, "ts_ms": T0 + i * 100, "bid": 1.1 + i * 1e-4,
+                "ask": 1.1003 + i * 1e-4}
+        producer.produce(settings.topics.ticks, key=symbol.encode(),
+                         value=orjson.dumps([good, {**good, "bid": -1.0}]))
+    assert producer.flush(60) == 0
+
+    worker = Proc(settings, ["worker"], tmp_path / "worker.log")
+    try:
+        # Each message's dead letter is acknowledged before the next message: all of them
+        # there, every message is applied and the worker waits for more.
+        wait_for(lambda: sum(end_offsets(settings, settings.topics.dead_letter).values())
+                 >= count, 120, "every message to be applied", interval_s=0.05,
+                 watch=[worker])
+        assert worker.stop(timeout_s=60) == 0, worker.tail()
+        assert committed_total(settings, settings.worker_group, settings.topics.ticks) == count
+    finally:
+        stop_all(worker)
+
