@@ -930,6 +930,39 @@ def test_a_changelog_record_kafka_refuses_stops_the_worker_before_any_commit(
 # --- runs: a message's state is written with those of the messages around it ---------------
 
 
+def two_symbols_on_one_partition(partitions: int) -> tuple[int, str, str]:
+    """A partition and two of SYMBOLS that the producers put on it."""
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for symbol in SYMBOLS:
+        by_partition[murmur2_partition(symbol.encode(), partitions)].append(symbol)
+    partition, (a, b, *_) = next((p, s) for p, s in by_partition.items() if len(s) >= 2)
+    return partition, a, b
+
+
+def tick_frame(symbol: str, start: int, n: int, bid: float) -> list[dict[str, Any]]:
+    """``n`` ticks of ``symbol`` a second apart from ``start``, rising from ``bid``."""
+    return [{"symbol": symbol, "ts_ms": start + i * 1_000, "bid": bid + i * 1e-4,
+             "ask": bid + i * 1e-4 + 2e-4} for i in range(n)]
+
+
+def produce_run_of_two_symbols(settings: Settings, producer: Any, partition: int,
+                               a: str, b: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The run [A, B, A] on ``partition``: 7 ticks of A and 2 of B in the bar at T0."""
+    run = [(a, tick_frame(a, T0, 3, 1.1)), (b, tick_frame(b, T0, 2, 1.3)),
+           (a, tick_frame(a, T0 + 10_000, 4, 1.2))]
+    for symbol, ticks in run:
+        producer.produce(settings.topics.ticks, key=symbol.encode(), value=orjson.dumps(ticks),
+                         partition=partition)
+    return run
+
+
+def first_bar_tick_counts(settings: Settings, *symbols: str) -> tuple[int | None, ...]:
+    """Each symbol's tick count in its 1m bar at T0 in PostgreSQL (None: no bar)."""
+    bars = db_candles(settings)
+    return tuple(bars[(s, "1m", T0)]["tick_volume"] if (s, "1m", T0) in bars else None
+                 for s in symbols)
+
+
 def test_a_run_cut_between_its_records_is_applied_again_exactly(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """The worker writes a run of messages' states as one record per key, the run's end
@@ -948,20 +981,9 @@ def test_a_run_cut_between_its_records_is_applied_again_exactly(
 
     settings = settings_for(make_settings, partitions=3, timeframes=("1m",))
     create_topics(settings)
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for symbol in SYMBOLS:
-        by_partition[murmur2_partition(symbol.encode(), 3)].append(symbol)
-    partition, (a, b, *_) = next((p, s) for p, s in by_partition.items() if len(s) >= 2)
-
-    def frame(symbol: str, start: int, n: int, bid: float) -> list[dict[str, Any]]:
-        return [{"symbol": symbol, "ts_ms": start + i * 1_000, "bid": bid + i * 1e-4,
-                 "ask": bid + i * 1e-4 + 2e-4} for i in range(n)]
-
-    run = [(a, frame(a, T0, 3, 1.1)), (b, frame(b, T0, 2, 1.3)), (a, frame(a, T0 + 10_000, 4, 1.2))]
+    partition, a, b = two_symbols_on_one_partition(3)
     producer = KafkaProducer(producer_config(settings))
-    for symbol, ticks in run:
-        producer.produce(settings.topics.ticks, key=symbol.encode(), value=orjson.dumps(ticks),
-                         partition=partition)
+    run = produce_run_of_two_symbols(settings, producer, partition, a, b)
     changelog = f"{settings.worker_group}-candle-state-changelog"
     create_changelog_topics(settings, [changelog], CHANGELOG_CONFIG)
     b_state = candle_agent(settings).fold(None, b, run[1][1], 1, int(time.time() * 1000), -1).state
@@ -972,19 +994,15 @@ def test_a_run_cut_between_its_records_is_applied_again_exactly(
     worker = Proc(settings, ["worker"], tmp_path / "worker.log")
     sink = Proc(settings, ["sink"], tmp_path / "sink.log")
 
-    def counts() -> tuple[int | None, int | None]:
-        bars = db_candles(settings)
-        return tuple(bars[(s, "1m", T0)]["tick_volume"] if (s, "1m", T0) in bars else None
-                     for s in (a, b))  # type: ignore[return-value]
-
     try:
-        wait_for(lambda: counts() == (7, 2), 120, f"{a} with 7 ticks and {b} with 2",
+        wait_for(lambda: first_bar_tick_counts(settings, a, b) == (7, 2), 120,
+                 f"{a} with 7 ticks and {b} with 2",
                  watch=[worker, sink])
         wait_for(lambda: any(lag.partition == partition and lag.committed == 3
                              for lag in group_lag(settings, settings.worker_group,
                                                   settings.topics.ticks)),
                  60, "the worker to commit the run", watch=[worker])
-        assert counts() == (7, 2)
+        assert first_bar_tick_counts(settings, a, b) == (7, 2)
     finally:
         stop_all(worker, sink)
 
@@ -1006,26 +1024,15 @@ def test_a_run_cut_short_on_a_topic_since_re_created_does_not_hide_the_new_messa
 
     settings = settings_for(make_settings, partitions=3, timeframes=("1m",))
     create_topics(settings)
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for symbol in SYMBOLS:
-        by_partition[murmur2_partition(symbol.encode(), 3)].append(symbol)
-    partition, (a, b, *_) = next((p, s) for p, s in by_partition.items() if len(s) >= 2)
-
-    def frame(symbol: str, start: int, n: int, bid: float) -> list[dict[str, Any]]:
-        return [{"symbol": symbol, "ts_ms": start + i * 1_000, "bid": bid + i * 1e-4,
-                 "ask": bid + i * 1e-4 + 2e-4} for i in range(n)]
-
+    partition, a, b = two_symbols_on_one_partition(3)
     producer = KafkaProducer(producer_config(settings))
-    for symbol, ticks in [(a, frame(a, T0, 3, 1.1)), (b, frame(b, T0, 2, 1.3)),
-                          (a, frame(a, T0 + 10_000, 4, 1.2))]:
-        producer.produce(settings.topics.ticks, key=symbol.encode(), value=orjson.dumps(ticks),
-                         partition=partition)
+    produce_run_of_two_symbols(settings, producer, partition, a, b)
     changelog = f"{settings.worker_group}-candle-state-changelog"
     create_changelog_topics(settings, [changelog], CHANGELOG_CONFIG)
     old_cursor = Cursor(base=0, last=2, topic_id="the-deleted-topic")
     producer.produce(changelog, key=cursor_key(partition), partition=partition,
                      value=encode_cursor(old_cursor))
-    b_state = candle_agent(settings).fold(None, b, frame(b, T0 - 3_600_000, 2, 1.3), 40,
+    b_state = candle_agent(settings).fold(None, b, tick_frame(b, T0 - 3_600_000, 2, 1.3), 40,
                                           int(time.time() * 1000), -1).state
     producer.produce(changelog, key=b.encode(), partition=partition,
                      value=envelope(partition, 40, orjson.dumps(b_state), 2))
@@ -1034,21 +1041,17 @@ def test_a_run_cut_short_on_a_topic_since_re_created_does_not_hide_the_new_messa
     worker = Proc(settings, ["worker"], tmp_path / "worker.log")
     sink = Proc(settings, ["sink"], tmp_path / "sink.log")
 
-    def counts() -> tuple[int | None, int | None]:
-        bars = db_candles(settings)
-        return tuple(bars[(s, "1m", T0)]["tick_volume"] if (s, "1m", T0) in bars else None
-                     for s in (a, b))  # type: ignore[return-value]
-
     try:
         wait_for(lambda: "was deleted and re-created" in worker.log.read_text(), 90,
                  "the worker to report the re-created topic", watch=[worker])
-        wait_for(lambda: counts() == (7, 2), 120, f"{a} with 7 ticks and {b} with 2",
+        wait_for(lambda: first_bar_tick_counts(settings, a, b) == (7, 2), 120,
+                 f"{a} with 7 ticks and {b} with 2",
                  watch=[worker, sink])
         wait_for(lambda: any(lag.partition == partition and lag.committed == 3
                              for lag in group_lag(settings, settings.worker_group,
                                                   settings.topics.ticks)),
                  60, "the worker to commit the new topic's messages", watch=[worker])
-        assert counts() == (7, 2)
+        assert first_bar_tick_counts(settings, a, b) == (7, 2)
     finally:
         stop_all(worker, sink)
 
@@ -1101,11 +1104,12 @@ def test_a_worker_stopped_inside_a_message_writes_its_run_and_stops(
 
 def test_a_worker_stopped_between_messages_writes_its_run_and_commits_it(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    """SIGTERM reaches the worker after it applied every message there is, their run not
-    yet written (a run lasts up to 10 s here). No message finishes after the flow is
-    suspended, and the timers stop with the worker: the run must be written when Faust
-    starts waiting for every message to be acknowledged, or that wait never ends. The
-    stop commits every message."""
+    """SIGTERM reaches the worker after it applied every message there is, the last run
+    not yet written (a run lasts at least 10 s here; the partitions' first messages,
+    which write the run before them, came within a second). No message finishes after
+    the flow is suspended, and the timers stop with the worker: the run must be written
+    when Faust starts waiting for every message to be acknowledged, or that wait never
+    ends. The stop commits every message."""
     settings = settings_for(make_settings, partitions=3, timeframes=("1m",),
                             worker_run_ms=10_000, worker_run_messages=100_000)
     create_topics(settings)
@@ -1123,9 +1127,16 @@ def test_a_worker_stopped_between_messages_writes_its_run_and_commits_it(
     try:
         # Each message's dead letter is acknowledged before the next message: all of them
         # there, every message is applied and the worker waits for more.
-        wait_for(lambda: sum(end_offsets(settings, settings.topics.dead_letter).values())
-                 >= count, 120, "every message to be applied", interval_s=0.05,
-                 watch=[worker])
+        def dead_letters() -> int:
+            return sum(end_offsets(settings, settings.topics.dead_letter).values())
+
+        wait_for(lambda: dead_letters() >= 1, 120, "the first message to be applied",
+                 interval_s=0.05, watch=[worker])
+        first_applied = time.monotonic()
+        wait_for(lambda: dead_letters() >= count, 60, "every message to be applied",
+                 interval_s=0.05, watch=[worker])
+        # The run timer (10 s, for runs 10 s old) has not written the run yet.
+        assert time.monotonic() - first_applied < 8, "too slow to stop before the run timer"
         assert worker.stop(timeout_s=60) == 0, worker.tail()
         assert committed_total(settings, settings.worker_group, settings.topics.ticks) == count
     finally:
