@@ -208,13 +208,18 @@ def _recovering_agent(sends: list[tuple[int, bytes]]) -> tuple[AgentRuntime, dic
             await event.wait()
 
     async def send(key: bytes, outputs: list[Any], p: int, o: int) -> None:
+        assert control.get("connects"), "re-sent before the producers were connected"
         sends.append((agent._recoveries, key))
         event = control["gates"].get(("send", len(sends)))
         if event is not None:
             await event.wait()
 
+    async def connected() -> None:
+        control["connects"] = control.get("connects", 0) + 1
+
     agent._check_source_identity = identity  # type: ignore[method-assign]
     agent._send_outputs = send  # type: ignore[method-assign]
+    agent.publishers = SimpleNamespace(connect=connected)  # type: ignore[assignment]
     return agent, control
 
 

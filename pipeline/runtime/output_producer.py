@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import Any
 
@@ -88,6 +88,20 @@ class OutputProducer:
                                         daemon=True)
         self._poller.start()
         return self._producer
+
+    async def connect(self, topics: Collection[str], timeout: float) -> None:
+        """Start the producer and fetch the metadata of ``topics`` now. A producer's first
+        record otherwise waits for the connection, the idempotent producer's id and the
+        topic's leader: about half a second here, which every record of the first
+        moments after a start or a rebalance would wait too. A broker that does not
+        answer within ``timeout`` is left to the producer's own retries."""
+        producer = self._producer or self._start()
+        for topic in topics:
+            try:
+                await asyncio.to_thread(producer.list_topics, topic, timeout)
+            except KafkaException as exc:
+                log.warning("%s producer: no metadata of %s within %g s (%s); the first "
+                            "records wait for it", self.name, topic, timeout, exc)
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[None]:
         """Queue one record; the future resolves once Kafka acknowledges it, or fails
@@ -183,11 +197,23 @@ class Publishers:
     letters, sent at once (the agent waits for each message's dead letters, and would
     otherwise wait the linger on every message with a reject)."""
 
-    def __init__(self, settings: Settings, rebalancing: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, rebalancing: Callable[[], bool],
+                 output_topics: Collection[str] = ()) -> None:
         self.settings = settings
         self.outputs = OutputProducer(settings, "outputs", settings.worker_linger_ms)
         self.dead_letters = OutputProducer(settings, "dead letters", 0)
         self._rebalancing = rebalancing
+        self._output_topics = tuple(output_topics)
+        self._connecting: asyncio.Future[Any] | None = None
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Both producers connected, with the metadata of every topic they write; the
+        first caller starts it, every caller waits for it (see ``OutputProducer.connect``)."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(asyncio.gather(
+                self.outputs.connect(self._output_topics, timeout),
+                self.dead_letters.connect([self.settings.topics.dead_letter], timeout)))
+        await asyncio.shield(self._connecting)
 
     async def before_commit(self) -> bool:
         """The barrier of every offset commit: Kafka has every record sent so far. At a

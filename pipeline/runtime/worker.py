@@ -587,6 +587,7 @@ class AgentRuntime:
             view.applied = view.cursor.last
         self._forget(stale)
         await self._check_source_identity(views, recovery)
+        await self.publishers.connect()  # the first records then do not wait for it
         if recovery != self._recoveries:
             return  # a later recovery started meanwhile and takes in the table itself
         self.views = views
@@ -896,7 +897,9 @@ class WorkerRuntime:
         self.metrics = metrics
         dead_letters = app.topic(settings.topics.dead_letter, key_type=bytes,
                                  value_type=bytes, partitions=settings.partitions)
-        self.publishers = Publishers(settings, lambda: bool(app.rebalancing))
+        outputs = {getattr(settings.topics, name) for spec in specs
+                   for name in (spec.output, *spec.also)}
+        self.publishers = Publishers(settings, lambda: bool(app.rebalancing), sorted(outputs))
         self.agents = [AgentRuntime(app, settings, spec, dead_letters,
                                     AgentMetrics.of(metrics, spec.name), self.publishers)
                        for spec in specs]
