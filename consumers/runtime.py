@@ -15,8 +15,8 @@ messages becomes rows (and what makes a row invalid). The runtime owns the rest:
    version overwrite a newer one, and every partition's next offset into
    sink_offsets (which never moves backwards);
 5. commit, then commit the same offsets to Kafka (asynchronously, one commit in
-   flight: Kafka's offsets serve lag monitoring; every assignment starts from the
-   offsets stored in PostgreSQL).
+   flight and at most one each ``KAFKA_COMMIT_INTERVAL_S``: Kafka's offsets serve
+   lag monitoring; every assignment starts from the offsets stored in PostgreSQL).
 
 Steps 4 and 5 are pipelined: batch N's transaction runs on a single writer thread
 while the main thread consumes and decodes batch N+1; then the main thread waits for
@@ -80,6 +80,10 @@ log = logging.getLogger("fxstream.sink")
 
 MAX_BACKOFF_S = 15.0
 REFUSED = "refused_by_database"
+# Kafka's offsets follow PostgreSQL's for lag monitoring only: at most one commit this
+# often, not one a batch (about a hundred a second under load, each a write to
+# __consumer_offsets the broker pays for).
+KAFKA_COMMIT_INTERVAL_S = 0.5
 
 Row = tuple[Any, ...]
 
@@ -298,6 +302,7 @@ class SinkRuntime:
         # was sent
         self._to_commit: dict[int, int] = {}
         self._commit_sent: float | None = None
+        self._commit_last = 0.0
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": self.group,
@@ -392,7 +397,7 @@ class SinkRuntime:
             with contextlib.suppress(Exception):
                 self.consumer.commit(offsets=last, asynchronous=False)
         with contextlib.suppress(Exception):
-            self.consumer.close()  # leaves the group; offsets were committed per batch
+            self.consumer.close()  # leaves the group; offsets were committed above
         self.dlq.flush(10)
         self._drop_connection()
         self._status("stopped")
@@ -735,10 +740,14 @@ class SinkRuntime:
         PostgreSQL holds the offsets every assignment starts from; Kafka's follow for lag
         monitoring. A synchronous commit cost every batch a round trip to the group
         coordinator (a few ms); unthrottled asynchronous ones queue up in front of the
-        heartbeats until the session times out. So at most one is in flight, and what
-        was written meanwhile goes in the next; the last ones synchronously at the stop."""
+        heartbeats until the session times out. So at most one is in flight, at most one
+        goes out each ``KAFKA_COMMIT_INTERVAL_S``, and what was written meanwhile goes in
+        the next; the last ones synchronously at the stop."""
         if self._commit_sent is not None or not self._to_commit:
             return
+        if time.monotonic() - self._commit_last < KAFKA_COMMIT_INTERVAL_S:
+            return
+        self._commit_last = time.monotonic()
         offsets = [TopicPartition(self.topic, p, o) for p, o in self._to_commit.items()]
         self._to_commit = {}
         try:
