@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import pytest
@@ -38,19 +39,47 @@ def test_connect_starts_both_producers_once_for_every_caller(
     asyncio.run(scenario())
 
 
-def test_connect_to_a_broker_that_does_not_answer_warns_and_returns(
+def test_connect_to_a_broker_that_does_not_answer_warns_returns_and_is_tried_again(
         make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
     """A recovery must not fail on it: the producers retry on their own, and the first
-    records wait for the broker as they would have without the connection up front."""
+    records wait for the broker as they would have without the connection up front. The
+    timeout holds for all the topics together, not for each, and the next recovery
+    tries again."""
     settings = make_settings(kafka_bootstrap="127.0.0.1:1")
+    topics = [settings.topics.candles, settings.topics.dom_metrics, settings.topics.sentiment]
+    elapsed: list[float] = []
 
     async def scenario() -> None:
-        publishers = Publishers(settings, lambda: False, [settings.topics.candles])
+        publishers = Publishers(settings, lambda: False, topics)
         try:
-            await publishers.connect(timeout=1.0)
+            for _ in range(2):
+                started = time.monotonic()
+                await publishers.connect(timeout=1.5)
+                elapsed.append(time.monotonic() - started)
         finally:
             publishers.close()
 
     with caplog.at_level(logging.WARNING, logger="fxstream.runtime"):
         asyncio.run(scenario())
-    assert "no metadata of" in caplog.text
+    # one warning per producer and attempt: the outputs stop at their first topic
+    assert caplog.text.count("no metadata of") == 4
+    assert max(elapsed) < 3.0, elapsed  # three topics at 1.5 s each would take 4.5 s
+
+
+def test_connect_warns_of_a_topic_the_broker_does_not_have(
+        make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings()
+    create_topics(settings)
+    missing = f"{settings.topics.candles}-missing"
+
+    async def scenario() -> None:
+        publishers = Publishers(settings, lambda: False, [settings.topics.candles, missing])
+        try:
+            await publishers.connect(timeout=10)
+            assert publishers._connecting is None  # the next recovery tries again
+        finally:
+            publishers.close()
+
+    with caplog.at_level(logging.WARNING, logger="fxstream.runtime"):
+        asyncio.run(scenario())
+    assert f"topic {missing}" in caplog.text

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection
 from functools import partial
@@ -89,19 +90,29 @@ class OutputProducer:
         self._poller.start()
         return self._producer
 
-    async def connect(self, topics: Collection[str], timeout: float) -> None:
+    async def connect(self, topics: Collection[str], timeout: float) -> bool:
         """Start the producer and fetch the metadata of ``topics`` now. A producer's first
         record otherwise waits for the connection, the idempotent producer's id and the
         topic's leader: about half a second here, which every record of the first
         moments after a start or a rebalance would wait too. A broker that does not
-        answer within ``timeout`` is left to the producer's own retries."""
+        answer within ``timeout`` (for all the topics) is left to the producer's own
+        retries. True when every topic's metadata came back without an error."""
         producer = self._producer or self._start()
+        deadline = time.monotonic() + timeout
         for topic in topics:
             try:
-                await asyncio.to_thread(producer.list_topics, topic, timeout)
-            except KafkaException as exc:
-                log.warning("%s producer: no metadata of %s within %g s (%s); the first "
+                metadata = await asyncio.to_thread(
+                    producer.list_topics, topic, max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # KafkaException, or a producer already closed
+                log.warning("%s producer: no metadata of %s within %g s (%r); the first "
                             "records wait for it", self.name, topic, timeout, exc)
+                return False
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                log.warning("%s producer: topic %s: %s", self.name, topic,
+                            found.error if found is not None else "not in the metadata")
+                return False
+        return True
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[None]:
         """Queue one record; the future resolves once Kafka acknowledges it, or fails
@@ -208,12 +219,21 @@ class Publishers:
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Both producers connected, with the metadata of every topic they write; the
-        first caller starts it, every caller waits for it (see ``OutputProducer.connect``)."""
+        first caller starts it, every caller waits for it (see ``OutputProducer.connect``).
+        A connect that did not reach every topic is tried again by the next caller (the
+        next recovery)."""
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(asyncio.gather(
                 self.outputs.connect(self._output_topics, timeout),
                 self.dead_letters.connect([self.settings.topics.dead_letter], timeout)))
-        await asyncio.shield(self._connecting)
+        connecting = self._connecting
+        try:
+            await asyncio.shield(connecting)
+        finally:
+            failed = connecting.done() and (connecting.cancelled() or connecting.exception()
+                                            or not all(connecting.result()))
+            if failed and self._connecting is connecting:
+                self._connecting = None
 
     async def before_commit(self) -> bool:
         """The barrier of every offset commit: Kafka has every record sent so far. At a
