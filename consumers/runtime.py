@@ -333,7 +333,7 @@ class SinkRuntime:
             if not self._wait_for_services(until):
                 return self.stats
             self.consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                    on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
             self._subscribed = True
             self.metrics.postgres_up.set(1)
             self._status("running")
@@ -506,6 +506,29 @@ class SinkRuntime:
         # unwritable) before they go, so nothing of them is written after the new owner
         # started.
         self._drain()
+        self._commit_revoked(consumer, {p.partition for p in partitions})
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost with the membership: no commit of them could succeed."""
+        self._drain()
+        self._forget(partitions)
+
+    def _commit_revoked(self, consumer: Consumer, gone: set[int]) -> None:
+        """The written offsets of revoked partitions not yet in Kafka (the commits wait
+        up to ``KAFKA_COMMIT_INTERVAL_S``): committed now, while this member still may,
+        so the group's lag does not show them as unwritten until the new owner writes."""
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self._to_commit.items()
+                   if p in gone]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # the database holds the offsets; Kafka's are a convenience
+            log.warning("Kafka offset commit of revoked partitions failed (PostgreSQL has "
+                        "them): %s", _one_line(exc))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         self._rebalances += 1
         self._high.clear()
         gone = {p.partition for p in partitions}
@@ -579,6 +602,7 @@ class SinkRuntime:
         """Poll (group membership, rebalances) until it is time to try PostgreSQL again."""
         while not self._stop and time.monotonic() < self._retry_at:
             self.heartbeat.beat()
+            self._commit_to_kafka()  # what was written before the outage
             msg = self.consumer.poll(0.2)
             if msg is not None:
                 # Fetched before the pause took hold: not dropped, read again from here.

@@ -278,3 +278,57 @@ def test_kafka_offsets_follow_the_written_ones_one_commit_at_a_time(
     finally:
         if sink.alive():
             sink.stop()
+
+
+def test_revoked_partitions_written_offsets_reach_kafka_before_they_go(
+        make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka's commits wait for the throttle; offsets written but not yet committed when
+    a partition is revoked are committed in the revocation, not left to the new owner."""
+    import consumers.runtime
+    from consumers.candle_sink import CandleSink
+    from pipeline.monitor import group_lag
+
+    settings = sink_settings(make_settings)
+    for p, symbol in enumerate(("EUR/USD", "GBP/USD")):
+        produce_candles(settings, [(symbol, candle_record(symbol, T0 + i * 60_000, 1.0))
+                                   for i in range(200)], partition=p)
+    ends = {0: 200, 1: 200}
+
+    def kafka_committed() -> dict[int, int]:
+        return {p.partition: p.committed for p in group_lag(
+            settings, settings.sink_group, settings.topics.candles) if p.committed}
+
+    # After the first commit, none before the revocation (or the stop).
+    monkeypatch.setattr(consumers.runtime, "KAFKA_COMMIT_INTERVAL_S", 3600.0)
+    sink = CandleSink(settings)
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sink.run(until=done.is_set)
+        except BaseException as exc:  # reported below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    joiner = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                       "group.id": settings.sink_group, "enable.auto.commit": False,
+                       "session.timeout.ms": int(settings.session_timeout_s * 1000)})
+    try:
+        wait_for(lambda: not failure and stored_sink_offsets(settings) == ends, 90,
+                 "every candle written")
+        assert kafka_committed() != ends, "the throttle let every commit through"
+        joiner.subscribe([settings.topics.candles])
+
+        def revoked() -> bool:
+            joiner.poll(0.2)
+            assert not failure, failure
+            return bool(joiner.assignment())
+
+        wait_for(revoked, 60, "the second member's assignment")
+        assert kafka_committed() == ends
+    finally:
+        joiner.close()
+        done.set()
+        thread.join(60)
