@@ -203,6 +203,12 @@ class OutputProducer:
                 os.close(fd)
 
 
+def _did_not_connect(connecting: asyncio.Future[Any]) -> bool:
+    """Ended without every topic reached: cancelled, failed, or a producer gave up."""
+    return connecting.done() and (connecting.cancelled() or connecting.exception() is not None
+                                  or not all(connecting.result()))
+
+
 class Publishers:
     """The worker's two librdkafka producers: outputs, batched for the linger, and dead
     letters, sent at once (the agent waits for each message's dead letters, and would
@@ -222,6 +228,8 @@ class Publishers:
         first caller starts it, every caller waits for it (see ``OutputProducer.connect``).
         A connect that did not reach every topic is tried again by the next caller (the
         next recovery)."""
+        if self._connecting is not None and _did_not_connect(self._connecting):
+            self._connecting = None  # its callers were cancelled before it ended
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(asyncio.gather(
                 self.outputs.connect(self._output_topics, timeout),
@@ -230,9 +238,7 @@ class Publishers:
         try:
             await asyncio.shield(connecting)
         finally:
-            failed = connecting.done() and (connecting.cancelled() or connecting.exception()
-                                            or not all(connecting.result()))
-            if failed and self._connecting is connecting:
+            if _did_not_connect(connecting) and self._connecting is connecting:
                 self._connecting = None
 
     async def before_commit(self) -> bool:
