@@ -587,7 +587,7 @@ class SinkRuntime:
         else:
             self.metrics.postgres_retries.inc()
         self._retry_at = time.monotonic() + self._delay
-        log.warning("PostgreSQL unavailable %s (%s); partitions paused, nothing committed, "
+        log.warning("PostgreSQL unavailable %s (%s); partitions paused, nothing new committed, "
                     "retrying in %.1f s", where, self.stats.last_error, self._delay)
         self._status("waiting", waiting_for="PostgreSQL", error=self.stats.last_error)
         self._pause_all()
