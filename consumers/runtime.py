@@ -32,7 +32,8 @@ Failures:
   including ones assigned later, keep polling (group membership, rebalances), back
   off up to 15 s, and when it answers again seek every partition back to its first
   unwritten offset (the one stored in PostgreSQL) and resume. No polled message is
-  dropped: whatever arrives meanwhile is read again from there.
+  dropped: whatever arrives meanwhile is read again from there. Offsets written
+  before the outage still go to Kafka (throttled as always).
 - PostgreSQL refuses rows (data or integrity errors): the batch is split until the
   refused rows are found; they go to the dead-letter topic with PostgreSQL's error
   text (reason ``refused_by_database``) and the rest is written.

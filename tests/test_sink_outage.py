@@ -204,7 +204,7 @@ def test_offsets_written_before_an_outage_reach_kafka_during_it(
     """Kafka's commits wait for the throttle, so the offsets of the last batches written
     before PostgreSQL went down are still to be committed when it goes. While the sink
     waits for PostgreSQL they go to Kafka once the throttle allows (lag monitoring then
-    shows what is written, not what was written before the outage); nothing unwritten
+    shows what is written, not the offset of the last commit before it); nothing unwritten
     goes with them."""
     import consumers.runtime
     from consumers.candle_sink import CandleSink
@@ -221,7 +221,8 @@ def test_offsets_written_before_an_outage_reach_kafka_during_it(
         return sum(p.committed for p in group_lag(
             settings, settings.sink_group, settings.topics.candles) if p.committed)
 
-    # The throttle lets the first commit through and holds the rest until the outage.
+    # The throttle holds every commit after the first until the outage (and the first
+    # too on a host up for less than an hour: the interval counts from the clock's zero).
     monkeypatch.setattr(consumers.runtime, "KAFKA_COMMIT_INTERVAL_S", 3600.0)
     sink = CandleSink(settings)
     done = threading.Event()
