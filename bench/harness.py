@@ -112,19 +112,25 @@ def drop_database(url: str) -> None:
 class Service:
     """A worker or sink process for a measurement, with its log and peak memory."""
 
-    def __init__(self, env: BenchEnv, command: str, *args: str) -> None:
+    def __init__(self, env: BenchEnv, command: str, *args: str, module: str | None = None
+                 ) -> None:
+        """``fxstream <command> <args>``, or with ``module`` ``python -m <module>
+        <config>`` (the latency ceiling's worker)."""
         # One file per process: several workers of one group run side by side.
         config = env.workdir / f"{env.settings.worker_group}-{command}-{uuid.uuid4().hex[:6]}.yaml"
         config.write_text(yaml.safe_dump(env.settings.model_dump(mode="json",
                                                                  exclude={"external_stack"})))
         self.log = config.with_suffix(".log")
+        if module and args:
+            raise ValueError("a module's process takes its config file only")
         exe = Path(sys.executable).with_name("fxstream")
+        argv = ([sys.executable, "-m", module, str(config)] if module else
+                [str(exe), "--config", str(config), command, *args])
         environ = {k: v for k, v in os.environ.items()
                    if k not in ("KAFKA_BOOTSTRAP", "DATABASE_URL")
                    and not k.startswith("FXSTREAM_")}
         with open(self.log, "wb") as handle:
-            self.proc = subprocess.Popen([str(exe), "--config", str(config), command, *args],
-                                         stdout=handle, stderr=subprocess.STDOUT, env=environ,
+            self.proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=environ,
                                          start_new_session=True)
 
     def peak_rss_mb(self) -> float:
@@ -284,7 +290,7 @@ def measure_end_to_end(env: BenchEnv, ticks: int, symbols: list[str], seed: int,
 
 # Steps that ``skip`` can leave out; "core" is produce, bare consumer, agent, sink and end
 # to end (the topics of its produce step feed quix too).
-STEPS = ("core", "dom", "latency", "quix", "oldstyle", "scale", "failover", "sentiment")
+STEPS = ("core", "dom", "latency", "ceiling", "quix", "oldstyle", "scale", "failover", "sentiment")
 
 
 def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed: int,
@@ -312,6 +318,8 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
                     "platform": platform.platform(), "python_loop_s": python_loop_seconds()},
         "ticks": ticks, "symbols": len(symbols), "frame_size": frame_size,
         "event_rate": EVENT_RATE, "skipped": sorted(skip),
+        # the lingers set the latency step's floor and its message count
+        "frame_linger_ms": base.frame_linger_ms, "worker_linger_ms": base.worker_linger_ms,
     }
     envs: list[BenchEnv] = []
     timings: dict[str, float] = {}
@@ -367,6 +375,16 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
                         f"{latency_s:.0f} s, run {i + 1} of {latency_runs}")
                     runs.append(measure_latency(fresh(), latency_rate, latency_s, symbols, seed))
                 result["latency"] = summarize_latency(runs)
+        if "ceiling" not in skip:
+            with step("ceiling"):
+                runs = []
+                for i in range(latency_runs):
+                    log(f"6b. latency ceiling: the fold on a plain librdkafka loop (no Faust, "
+                        f"no changelog) at {latency_rate:,.0f} ticks/s, run {i + 1} of "
+                        f"{latency_runs}")
+                    runs.append(measure_latency(fresh(), latency_rate, latency_s, symbols, seed,
+                                                ceiling=True))
+                result["latency_ceiling"] = summarize_latency(runs)
         if "quix" not in skip:
             with step("quix"):
                 log("7. Quix Streams, 1m tumbling windows, on the unframed and the framed topic")
@@ -451,6 +469,9 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     if "latency" in result and "runs" in result["latency"]:
         lat = result["latency"]
         out["latency_p99_max_to_min"] = lat["p99_max_ms"] / lat["p99_min_ms"]
+        if "latency_ceiling" in result:
+            out["latency_p99_max_to_ceiling"] = (lat["p99_max_ms"]
+                                                 / result["latency_ceiling"]["p99_max_ms"])
     backlog = {r["workers"]: r for r in result.get("scale_backlog", [])}
     if 1 in backlog:
         for n, r in backlog.items():
@@ -810,13 +831,15 @@ LATENCY_EDGES_MS = [0, 10, 20, 30, 50, 75, 100, 150, 200, 250, 300, 400, 500, 75
 
 
 def measure_latency(env: BenchEnv, rate: float, duration_s: float, symbols: list[str],
-                    seed: int) -> dict[str, float]:
+                    seed: int, ceiling: bool = False) -> dict[str, float]:
     """From a tick's produce to the moment its 1m bar's row in PostgreSQL counts it, at a
-    steady ``rate`` of live ticks (see ``_Arrivals``)."""
+    steady ``rate`` of live ticks (see ``_Arrivals``). With ``ceiling`` the worker is
+    ``bench.latency_ceiling_worker``: the same fold without Faust or a changelog."""
     from pipeline.db.migrate import migrate
     s = env.settings
     migrate(s)
-    worker, sink = Service(env, "worker"), Service(env, "sink")
+    worker = Service(env, "worker", module="bench.latency_ceiling_worker" if ceiling else None)
+    sink = Service(env, "sink")
     arrivals = _Arrivals(s)
     try:
         _wait_joined(worker, sink)
