@@ -367,24 +367,19 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
                 log("5b. DOM: produce book snapshots, a bare consumer, the DOM agent, and "
                     "the DOM path end to end")
                 result["dom"] = measure_dom(fresh, dom_snapshots, symbols, seed)
-        if "latency" not in skip:
-            with step("latency"):
-                runs = []
-                for i in range(latency_runs):
-                    log(f"6. latency at a steady {latency_rate:,.0f} ticks/s for "
-                        f"{latency_s:.0f} s, run {i + 1} of {latency_runs}")
-                    runs.append(measure_latency(fresh(), latency_rate, latency_s, symbols, seed))
-                result["latency"] = summarize_latency(runs)
-        if "ceiling" not in skip:
-            with step("ceiling"):
-                runs = []
-                for i in range(latency_runs):
-                    log(f"6b. latency ceiling: the fold on a plain librdkafka loop (no Faust, "
-                        f"no changelog) at {latency_rate:,.0f} ticks/s, run {i + 1} of "
-                        f"{latency_runs}")
-                    runs.append(measure_latency(fresh(), latency_rate, latency_s, symbols, seed,
-                                                ceiling=True))
-                result["latency_ceiling"] = summarize_latency(runs)
+        for name, key, ceiling, what in (
+                ("latency", "latency", False, "6. latency"),
+                ("ceiling", "latency_ceiling", True, "6b. latency ceiling: the fold on a plain "
+                 "librdkafka loop (no Faust, no changelog)")):
+            if name not in skip:
+                with step(name):
+                    runs = []
+                    for i in range(latency_runs):
+                        log(f"{what} at a steady {latency_rate:,.0f} ticks/s for "
+                            f"{latency_s:.0f} s, run {i + 1} of {latency_runs}")
+                        runs.append(measure_latency(fresh(), latency_rate, latency_s, symbols,
+                                                    seed, ceiling=ceiling))
+                    result[key] = summarize_latency(runs)
         if "quix" not in skip:
             with step("quix"):
                 log("7. Quix Streams, 1m tumbling windows, on the unframed and the framed topic")
