@@ -285,3 +285,66 @@ def test_a_recovery_that_meets_a_revocation_takes_in_nothing() -> None:
 
     asyncio.run(scenario())
     assert not agent.ready and agent.views == {} and sends == []
+
+
+def test_a_partition_delivered_while_the_stall_check_waits_is_not_sought_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stall check awaits the partition's ends and its consumer's read position;
+    a message delivered meanwhile makes the partition one that is read, not stalled.
+    Seen in a backlog drain: "delivered nothing for 0 s while offsets 0..1 wait
+    unapplied; seeking back to 0" on the sentiment source, right after its first two
+    records arrived."""
+    from pipeline.runtime.worker import PartitionView
+
+    agent = object.__new__(AgentRuntime)
+    view = PartitionView(last_seen=0.0)  # idle since long before the check
+    agent.views = {4: view}
+    agent.ready, agent.source_topic = True, "fx.sentiment"
+    agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
+    agent.stats = worker.AgentStats()
+    seeks: list[dict[Any, int]] = []
+    tp = TP("fx.sentiment", 4)
+
+    async def position(_tp: Any) -> int:
+        await asyncio.sleep(0)
+        view.last_seen, view.applied = worker.time.monotonic(), 1  # both records delivered
+        return 2
+
+    async def seek(_app: Any, offsets: dict[Any, int]) -> None:
+        seeks.append(offsets)
+
+    agent.app = SimpleNamespace(  # type: ignore[assignment]
+        rebalancing=False, consumer=SimpleNamespace(assignment=lambda: {tp}, position=position))
+    monkeypatch.setattr(worker, "watermarks", lambda *_: {4: (0, 2)})
+    monkeypatch.setattr(worker, "seek_in_consumer_thread", seek)
+    asyncio.run(agent.resume_stalled(5.0))
+    assert seeks == [] and agent.stats.resumed == 0
+
+
+def test_a_partition_read_to_its_end_and_idle_is_sought_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other side of the check above: nothing delivered, the consumer's position at
+    the end, messages unapplied: sought to the first unapplied offset."""
+    from pipeline.runtime.worker import PartitionView
+
+    agent = object.__new__(AgentRuntime)
+    view = PartitionView(last_seen=0.0, applied=3)
+    agent.views = {4: view}
+    agent.ready, agent.source_topic = True, "fx.sentiment"
+    agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
+    agent.stats = worker.AgentStats()
+    seeks: list[dict[Any, int]] = []
+    tp = TP("fx.sentiment", 4)
+
+    async def position(_tp: Any) -> int:
+        return 9
+
+    async def seek(_app: Any, offsets: dict[Any, int]) -> None:
+        seeks.append(offsets)
+
+    agent.app = SimpleNamespace(  # type: ignore[assignment]
+        rebalancing=False, consumer=SimpleNamespace(assignment=lambda: {tp}, position=position))
+    monkeypatch.setattr(worker, "watermarks", lambda *_: {4: (0, 9)})
+    monkeypatch.setattr(worker, "seek_in_consumer_thread", seek)
+    asyncio.run(agent.resume_stalled(5.0))
+    assert seeks == [{tp: 4}] and agent.stats.resumed == 1

@@ -730,6 +730,12 @@ class AgentRuntime:
                 continue
             if not await self._read_to_end(tp, high):
                 continue  # behind, not stalled: its consumer still holds or fetches them
+            # The wait for the position let the agent run: a message it delivered
+            # meanwhile, or a rebalance begun, makes this no stall to seek back.
+            if (not self.ready or self.app.rebalancing or self.views.get(p) is not view
+                    or time.monotonic() - view.last_seen < idle_s
+                    or view.cursor.kafka_offset(view.applied + 1) >= high):
+                continue
             log.warning("%s[%d]: the consumer delivered nothing for %.0f s while offsets "
                         "%d..%d wait unapplied; seeking back to %d", self.source_topic, p,
                         time.monotonic() - view.last_seen, nxt, high - 1, nxt)
