@@ -60,6 +60,7 @@ ENV_FIELDS: dict[str, str] = {
     "FXSTREAM_SINK_GROUP": "sink_group",
     "FXSTREAM_SESSION_TIMEOUT_S": "session_timeout_s",
     "FXSTREAM_WORKER_FETCH_WAIT_MS": "worker_fetch_wait_ms",
+    "FXSTREAM_WORKER_FETCH": "worker_fetch",
     "FXSTREAM_MAX_STATE_BYTES": "max_state_bytes",
     "FXSTREAM_OUTPUT_ACK_TIMEOUT_S": "output_ack_timeout_s",
     "FXSTREAM_KAFKA_PORT": "kafka_port",
@@ -230,6 +231,11 @@ class Settings(BaseModel):
     # Faust's own 1.5 s can hold busy partitions back after any stall, and every such
     # hold adds to the latency of the busy ones; an idle worker then fetches 50 times/s.
     worker_fetch_wait_ms: int = Field(20, ge=1, le=5_000)
+    # Who fetches the source partitions a worker holds: Faust's consumer ("faust"), or a
+    # librdkafka consumer of the runtime's while Faust keeps the group, the tables and
+    # the commits ("librdkafka", pipeline.runtime.fetcher): less of the interpreter per
+    # message, so a shorter latency tail at a live rate.
+    worker_fetch: Literal["librdkafka", "faust"] = "librdkafka"
     # Largest record the worker writes (Kafka's default limit is 1 MB): a message that would
     # make a key's state larger is dead-lettered (state_too_large); a message's outputs
     # larger than this go out as several frames.

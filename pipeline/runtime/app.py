@@ -37,7 +37,22 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher when it starts
             return consumer
 
+        async def on_partitions_assigned(self, assigned: set[Any], generation: int) -> None:
+            # In the consumer's own thread, before its fetcher has positions for them:
+            # partitions read elsewhere (pipeline.runtime.fetcher) are never fetched here.
+            external = self.consumer.external_topics  # type: ignore[attr-defined]
+            paused = [tp for tp in assigned if tp.topic in external]
+            if paused:
+                self._ensure_consumer().pause(*(
+                    aiokafka.TopicPartition(tp.topic, tp.partition) for tp in paused))
+            await super().on_partitions_assigned(assigned, generation)
+
     class FetchWaitConsumer(AIOKafkaConsumer):
+        # Topics whose partitions this consumer holds for the group (membership,
+        # assignment, commits) but never fetches or delivers: the worker runtime reads
+        # them through librdkafka (pipeline.runtime.fetcher). Set before it is made.
+        external_topics: frozenset[str] = frozenset()
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.commit_floor = CommitFloor()
             self.before_wait_empty: list[Callable[[], Awaitable[None]]] = []
@@ -46,6 +61,23 @@ def _consumer_with_fetch_wait(wait_ms: int) -> type[AIOKafkaConsumer]:
             self.before_commit: list[Callable[[], Awaitable[bool]]] = []
             self._interrupt: asyncio.Future[None] | None = None
             super().__init__(*args, **kwargs)
+
+        def _set_active_tps(self, tps: set[Any]) -> set[Any]:
+            return super()._set_active_tps(self._own(tps))
+
+        def resume_partitions(self, tps: Any) -> None:
+            super().resume_partitions(self._own(tps))
+
+        def on_buffer_drop(self, tp: Any) -> None:
+            if tp.topic not in self.external_topics:
+                super().on_buffer_drop(tp)
+
+        def verify_event_path(self, now: float, tp: Any) -> None:
+            if tp.topic not in self.external_topics:  # it is never fetched here
+                super().verify_event_path(now, tp)
+
+        def _own(self, tps: Any) -> set[Any]:
+            return {tp for tp in tps if tp.topic not in self.external_topics}
 
         async def wait_empty(self) -> None:
             # At a revocation and at shutdown Faust waits here until every message taken

@@ -56,6 +56,7 @@ from faust.types import TP
 from pipeline.core.deadletters import dead_letter, dead_letter_key
 from pipeline.observability.metrics import AgentMetrics, WorkerMetrics
 from pipeline.runtime.declaration import TARGET, AgentSpec, Reject
+from pipeline.runtime.fetcher import SourceFetcher
 from pipeline.runtime.output_producer import Publishers
 from pipeline.runtime.positions import (
     Cursor,
@@ -87,6 +88,7 @@ EXIT_FAILED_MESSAGE = 70  # EX_SOFTWARE
 # A held partition whose consumer delivered nothing for this long, while its end lies
 # past what was applied, is sought back (AgentRuntime.resume_stalled).
 STALL_S = 5.0
+SHUTDOWN_COMMIT_S = 15.0
 
 
 def now_ms() -> int:
@@ -192,6 +194,13 @@ class AgentRuntime:
         self.run = Run()
         self._writing = asyncio.Lock()
         self._stream: Any = None  # the agent's, once it runs
+        # FXSTREAM_WORKER_FETCH=librdkafka: the source partitions come through this
+        # fetcher instead of Faust's stream (pipeline.runtime.fetcher); a rebalance or a
+        # shutdown takes ``_applying`` to wait until no message is half applied.
+        self.fetcher = (SourceFetcher(settings, self.source_topic, spec.name)
+                        if settings.worker_fetch == "librdkafka" else None)
+        self._applying = asyncio.Lock()
+        self.stopping = False
         app.agent(self.source, name=f"{spec.name}-agent", concurrency=1)(self._agent)
         self.table.on_recover(self._after_recovery)
 
@@ -203,34 +212,26 @@ class AgentRuntime:
         stream.enable_acks = False
         self._stream = stream
         hooks = getattr(self.app.consumer, "before_wait_empty", None)
-        if hooks is not None and self.write_run not in hooks:
-            hooks.append(self.write_run)
+        quiesce = self.write_run if self.fetcher is None else self.quiesce
+        if hooks is not None and quiesce not in hooks:
+            hooks.append(quiesce)
         barriers = getattr(self.app.consumer, "before_commit", None)
         if barriers is not None and self.publishers.before_commit not in barriers:
             barriers.append(self.publishers.before_commit)
+        if self.fetcher is not None:
+            await self._fetched()  # Faust delivers nothing of the source here
+            return
         run_limit = self.settings.worker_run_messages
         run_s = self.settings.worker_run_ms / 1000
         flow = self.app.flow_control
         async for event in stream.events():
             msg = event.message
-            self.stats.last_event = time.monotonic()
-            if self.stats.first_event is None:
-                self.stats.first_event = self.stats.last_event
-            view = self.views.setdefault(msg.partition, PartitionView())
-            view.last_seen = self.stats.last_event
-            cursor = view.cursor
-            position = cursor.logical(msg.offset)
             try:
-                if position <= view.applied:
-                    self.stats.skipped += 1
-                    await stream.ack(event)
-                else:
-                    if position > view.applied + 1:
-                        await self._reread(msg.topic, msg.partition,
-                                           cursor.kafka_offset(view.applied + 1), msg.offset)
-                    await self._apply(msg.key, msg.value, msg.topic, msg.partition,
-                                      msg.offset)
+                if await self._take(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                                    self.views.setdefault(msg.partition, PartitionView())):
                     self.run.events.append(event)
+                else:
+                    await stream.ack(event)
                 run = self.run
                 # A suspended flow: a rebalance or a shutdown waits for this message
                 if run.messages and (run.messages >= run_limit or not flow.is_active()
@@ -239,6 +240,76 @@ class AgentRuntime:
             except Exception:
                 fail_stop(f"{self.spec.name}: applying {msg.topic}[{msg.partition}] offset "
                           f"{msg.offset} failed")
+
+    async def _take(self, key: bytes | None, value: bytes | None, topic: str, partition: int,
+                    offset: int, view: PartitionView) -> bool:
+        """Apply one delivered message, after any offsets skipped before it; False when
+        it was applied already."""
+        self.stats.last_event = time.monotonic()
+        if self.stats.first_event is None:
+            self.stats.first_event = self.stats.last_event
+        view.last_seen = self.stats.last_event
+        cursor = view.cursor
+        position = cursor.logical(offset)
+        if position <= view.applied:
+            self.stats.skipped += 1
+            return False
+        if position > view.applied + 1:
+            await self._reread(topic, partition, cursor.kafka_offset(view.applied + 1), offset)
+        await self._apply(key, value, topic, partition, offset)
+        return True
+
+    async def _fetched(self) -> None:
+        """The loop over what the librdkafka fetcher delivers: each message applied while
+        this worker holds its partition (ready, the flow not suspended for a rebalance,
+        the batch of the fetcher's current assignment)."""
+        fetcher = self.fetcher
+        assert fetcher is not None
+        fetcher.start(asyncio.get_running_loop())
+        run_limit = self.settings.worker_run_messages
+        run_s = self.settings.worker_run_ms / 1000
+        flow = self.app.flow_control
+        topic = self.source_topic
+        batch, i = None, 0
+        while True:
+            if batch is None or i >= len(batch.messages):
+                try:
+                    batch, i = await fetcher.batches(), 0
+                except RuntimeError as exc:  # its thread failed: nothing more would come
+                    fail_stop(f"{self.spec.name}: {exc}")
+            if batch.epoch != fetcher.epoch:
+                batch = None  # its assignment is over; the next one fetches again
+                continue
+            if not self.ready or self.stopping or not flow.is_active():
+                await asyncio.sleep(0.02)  # a rebalance or a recovery under way
+                continue
+            async with self._applying:
+                messages = batch.messages
+                while (i < len(messages) and batch.epoch == fetcher.epoch and self.ready
+                       and not self.stopping and flow.is_active()):
+                    msg = messages[i]
+                    i += 1
+                    partition = msg.partition()
+                    view = self.views.get(partition)
+                    if view is None:
+                        continue  # not held (a view of every held partition is made ready)
+                    try:
+                        await self._take(msg.key(), msg.value(), topic, partition,
+                                         msg.offset(), view)
+                        run = self.run
+                        if run.messages and (run.messages >= run_limit
+                                             or time.monotonic() - run.started >= run_s):
+                            await self.write_run()
+                    except Exception:
+                        fail_stop(f"{self.spec.name}: applying {topic}[{partition}] offset "
+                                  f"{msg.offset()} failed")
+
+    async def quiesce(self) -> None:
+        """Before a rebalance or a shutdown goes on: no message half applied, and the
+        run's states written (the fetcher's loop stops at the next message, the flow
+        being suspended)."""
+        async with self._applying:
+            await self.write_run()
 
     async def _reread(self, topic: str, partition: int, start: int, stop: int) -> None:
         delay = 1.0
@@ -541,6 +612,8 @@ class AgentRuntime:
         # A recovery still under way took in partitions this revocation may take away:
         # it stops (before its views, or its next re-send), and the next one decides.
         self._recoveries += 1
+        if self.fetcher is not None:
+            self.fetcher.unassign()
         if self.ready:
             self.not_ready_since = time.monotonic()
             self.metrics.recovering.set(1)
@@ -588,6 +661,8 @@ class AgentRuntime:
         self._forget(stale)
         await self._check_source_identity(views, recovery)
         await self.publishers.connect()  # the first records then do not wait for it
+        if self.fetcher is not None:
+            await self.fetcher.connect()
         if recovery != self._recoveries:
             return  # a later recovery started meanwhile and takes in the table itself
         self.views = views
@@ -600,6 +675,9 @@ class AgentRuntime:
         self.metrics.recovery_seconds.observe(time.monotonic() - self.not_ready_since)
         self.metrics.recovering.set(0)
         self.ready = True
+        if self.fetcher is not None:  # each held partition from its first unapplied offset
+            self.fetcher.assign({p: view.cursor.kafka_offset(view.applied + 1)
+                                 for p, view in views.items()})
         now = now_ms()
         sent = 0
         for key, p, o, state in states:
@@ -704,8 +782,8 @@ class AgentRuntime:
         ``idle_s`` whose end lies past its cursor, and which its consumer has read to the
         end, is sought to the first unapplied offset, which also resets Faust's read
         offset; the cursor skips anything delivered twice."""
-        if not self.ready or self.app.rebalancing:
-            return
+        if not self.ready or self.app.rebalancing or self.fetcher is not None:
+            return  # (librdkafka's fetcher never passes over what it fetched)
         now = time.monotonic()
         idle = {p: view for p, view in self.views.items() if now - view.last_seen >= idle_s}
         if not idle:
@@ -769,8 +847,7 @@ class AgentRuntime:
         assigned = {tp.partition: tp for tp in self.app.consumer.assignment()
                     if tp.topic == self.source_topic}
         for p, view in list(self.views.items()):
-            tp = assigned.get(p)
-            highwater = self.app.consumer.highwater(tp) if tp is not None else None
+            highwater = self.highwater(p, assigned.get(p))
             if highwater is not None and view.cursor.kafka_offset(view.applied) + 1 < highwater:
                 continue  # a backlog: its keys are not quiet, their messages are queued
             for key in list(view.keys):
@@ -791,6 +868,12 @@ class AgentRuntime:
                 await self._send_outputs(key, fresh, p, o)
         if len(self.clock_sent) > 100_000:
             self.clock_sent.clear()
+
+    def highwater(self, partition: int, tp: Any) -> int | None:
+        """A held partition's end as its consumer last fetched it."""
+        if self.fetcher is not None:
+            return self.fetcher.highwater(partition)
+        return self.app.consumer.highwater(tp) if tp is not None else None
 
     def publish_counts(self) -> None:
         """What the stats counted since the last call, into the Prometheus counters. Called
@@ -824,7 +907,7 @@ class AgentRuntime:
         for tp in self.app.consumer.assignment():
             if tp.topic != self.source_topic:
                 continue
-            highwater = self.app.consumer.highwater(tp)
+            highwater = self.highwater(tp.partition, tp)
             if highwater is None:
                 continue
             view = self.views.get(tp.partition)
@@ -909,6 +992,11 @@ class WorkerRuntime:
         self.agents = [AgentRuntime(app, settings, spec, dead_letters,
                                     AgentMetrics.of(metrics, spec.name), self.publishers)
                        for spec in specs]
+        # Their partitions stay Faust's for the group, and are fetched by the agents
+        consumer_class = app.transport.Consumer
+        if hasattr(consumer_class, "external_topics"):
+            consumer_class.external_topics = frozenset(
+                agent.source_topic for agent in self.agents if agent.fetcher is not None)
         self._lag_series: set[tuple[str, str, str]] = set()
         self._rebalances = 0  # revocations so far: a commit that met one is not recorded
         app.timer(interval=1.0, name="fxstream-commit")(self.commit_applied)
@@ -1062,5 +1150,19 @@ class WorkerRuntime:
 
     async def _on_shutdown(self, app: faust.App, **kw: Any) -> None:
         for agent in self.agents:
-            await agent.write_run()  # while the producer runs; what it acknowledges commits
+            agent.stopping = True
+            # while the producer runs; what it acknowledges commits
+            await agent.quiesce()
+            if agent.fetcher is not None:
+                await asyncio.to_thread(agent.fetcher.close)
             agent.report()
+        # Faust's committer commits at shutdown only what it handed out itself, which
+        # is nothing of a source the runtime fetches: the written runs commit here.
+        # Not committing is safe (a restart skips what it applied again), so a Kafka
+        # that does not answer does not hold the stop for long.
+        try:
+            await asyncio.wait_for(self.commit_applied(), SHUTDOWN_COMMIT_S)
+        except TimeoutError:
+            log.warning("the offsets applied last were not committed within %.0f s at "
+                        "shutdown; a restart skips their messages as applied",
+                        SHUTDOWN_COMMIT_S)
