@@ -197,7 +197,7 @@ def _recovering_agent(sends: list[tuple[int, bytes]]) -> tuple[AgentRuntime, dic
                                     recovering=metric, state_keys=metric, state_bytes=metric)
     agent.views, agent.arrivals, agent.clock_sent, agent.committed = {}, {}, set(), {}
     agent.ready, agent.not_ready_since, agent.unacknowledged = False, 0.0, []
-    agent.resending, agent._recoveries = 0, 0
+    agent.resending, agent._recoveries, agent.fetcher = 0, 0, None
     control: dict[str, Any] = {"gates": {}}
 
     async def identity(views: dict[int, Any], recovery: int) -> None:
@@ -299,7 +299,7 @@ def test_a_partition_delivered_while_the_stall_check_waits_is_not_sought_back(
     agent = object.__new__(AgentRuntime)
     view = PartitionView(last_seen=0.0)  # idle since long before the check
     agent.views = {4: view}
-    agent.ready, agent.source_topic = True, "fx.sentiment"
+    agent.ready, agent.source_topic, agent.fetcher = True, "fx.sentiment", None
     agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
     agent.stats = worker.AgentStats()
     seeks: list[dict[Any, int]] = []
@@ -330,7 +330,7 @@ def test_a_partition_read_to_its_end_and_idle_is_sought_back(
     agent = object.__new__(AgentRuntime)
     view = PartitionView(last_seen=0.0, applied=3)
     agent.views = {4: view}
-    agent.ready, agent.source_topic = True, "fx.sentiment"
+    agent.ready, agent.source_topic, agent.fetcher = True, "fx.sentiment", None
     agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
     agent.stats = worker.AgentStats()
     seeks: list[dict[Any, int]] = []
@@ -348,3 +348,58 @@ def test_a_partition_read_to_its_end_and_idle_is_sought_back(
     monkeypatch.setattr(worker, "seek_in_consumer_thread", seek)
     asyncio.run(agent.resume_stalled(5.0))
     assert seeks == [{tp: 4}] and agent.stats.resumed == 1
+
+
+class _Fetcher:
+    def __init__(self) -> None:
+        self.epoch = 1
+        self.assigned: list[dict[int, int]] = []
+
+    def waiting_bytes(self) -> int:
+        return 0
+
+    def assign(self, offsets: dict[int, int]) -> None:
+        self.epoch += 1
+        self.assigned.append(offsets)
+
+
+def _fetching_agent(views: dict[int, Any]) -> tuple[AgentRuntime, _Fetcher]:
+    agent = object.__new__(AgentRuntime)
+    fetcher = _Fetcher()
+    agent.views, agent.fetcher = views, fetcher  # type: ignore[assignment]
+    agent.ready, agent.source_topic = True, "fx.ticks"
+    agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
+    agent.stats = worker.AgentStats()
+    agent.app = SimpleNamespace(rebalancing=False)  # type: ignore[assignment]
+    return agent, fetcher
+
+
+def test_a_partition_the_fetcher_stopped_short_of_its_end_is_fetched_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka retries a failing fetch itself; should a partition still stop short
+    of its end, the stall check assigns every held partition again from its first
+    unapplied offset."""
+    from pipeline.runtime.worker import PartitionView
+
+    stalled, quiet = PartitionView(last_seen=0.0, applied=3), PartitionView(last_seen=0.0,
+                                                                             applied=9)
+    agent, fetcher = _fetching_agent({0: stalled, 1: quiet})
+    monkeypatch.setattr(worker, "watermarks", lambda *_: {0: (0, 8), 1: (0, 10)})
+    asyncio.run(agent.resume_stalled(5.0))
+    assert fetcher.assigned == [{0: 4, 1: 10}] and agent.stats.resumed == 1
+
+
+def test_a_partition_fetched_while_the_stall_check_asks_for_its_end_is_left_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.runtime.worker import PartitionView
+
+    view = PartitionView(last_seen=0.0, applied=3)
+    agent, fetcher = _fetching_agent({0: view})
+
+    def ends(*_: Any) -> dict[int, tuple[int, int]]:
+        view.last_seen = worker.time.monotonic()  # its messages came meanwhile
+        return {0: (0, 8)}
+
+    monkeypatch.setattr(worker, "watermarks", ends)
+    asyncio.run(agent.resume_stalled(5.0))
+    assert fetcher.assigned == [] and agent.stats.resumed == 0

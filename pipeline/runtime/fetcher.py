@@ -39,6 +39,7 @@ log = logging.getLogger("fxstream.runtime.fetcher")
 # How many bytes of fetched messages may wait for the agent before the thread stops
 # taking more from librdkafka (which then stops fetching at its own queue's limit).
 MAX_WAITING_BYTES = 32 << 20
+MESSAGE_OVERHEAD = 200  # bytes counted per message beside its value (objects, key)
 ERROR_LOG_EVERY_S = 60.0  # a fetch error that repeats is logged again after this long
 _POLL_S = 0.05  # longest a changed assignment waits for the thread
 
@@ -47,7 +48,7 @@ _POLL_S = 0.05  # longest a changed assignment waits for the thread
 class Batch:
     epoch: int
     messages: list[Message]
-    size: int  # bytes of the values
+    size: int  # bytes counted against MAX_WAITING_BYTES
 
 
 class SourceFetcher:
@@ -72,7 +73,10 @@ class SourceFetcher:
         self._commands: queue.SimpleQueue[tuple[int, dict[int, int] | None]] = (
             queue.SimpleQueue())
         self._batches: deque[Batch] = deque()
-        self._waiting = 0  # bytes in _batches
+        # Bytes posted by the thread and not yet taken or dropped by the loop (counted
+        # by the thread before it posts, so the bound holds while the loop is busy)
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._room = threading.Event()
         self._room.set()
         self._arrived: asyncio.Event | None = None
@@ -124,9 +128,7 @@ class SourceFetcher:
                 raise RuntimeError(self.failure)
             while self._batches:
                 batch = self._batches.popleft()
-                self._waiting -= batch.size
-                if self._waiting < MAX_WAITING_BYTES:
-                    self._room.set()
+                self._release(batch.size)
                 if batch.epoch == self.epoch:
                     return batch
             self._arrived.clear()
@@ -136,32 +138,51 @@ class SourceFetcher:
         """Batches fetched and not yet handed out."""
         return len(self._batches)
 
+    def waiting_bytes(self) -> int:
+        """Bytes fetched from librdkafka that the agent has not taken yet."""
+        return self._waiting
+
     def highwater(self, partition: int) -> int | None:
         """The partition's end as last fetched (None before its first fetch)."""
         return self._highwaters.get(partition)
 
     def close(self) -> None:
+        """Stop the thread, which closes the consumer (never from a second thread)."""
         self._stopping.set()
         self._room.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        with contextlib.suppress(RuntimeError):  # closed already
-            self._consumer.close()
+        if self._thread is None:
+            with contextlib.suppress(RuntimeError):
+                self._consumer.close()
+        else:
+            self._thread.join(timeout=10)
+            if self._thread.is_alive():
+                log.warning("%s: the fetch thread did not stop within 10 s", self.name)
 
     def _drop(self) -> None:
+        size = sum(batch.size for batch in self._batches)
         self._batches.clear()
-        self._waiting = 0
-        self._room.set()
+        self._release(size)
+
+    def _release(self, size: int) -> None:
+        with self._waiting_lock:
+            self._waiting -= size
+            if self._waiting < MAX_WAITING_BYTES:
+                self._room.set()
 
     def _deliver(self, batch: Batch) -> None:
         if batch.epoch != self.epoch:
+            self._release(batch.size)
             return
         self._batches.append(batch)
-        self._waiting += batch.size
-        if self._waiting >= MAX_WAITING_BYTES:
-            self._room.clear()
         assert self._arrived is not None
         self._arrived.set()
+
+    def _post(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
+        with self._waiting_lock:
+            self._waiting += batch.size
+            if self._waiting >= MAX_WAITING_BYTES:
+                self._room.clear()
+        loop.call_soon_threadsafe(self._deliver, batch)
 
     # -- the thread's side ----------------------------------------------------------------
 
@@ -203,18 +224,29 @@ class SourceFetcher:
                     if m.error() is not None:
                         self._log_error(m.error())
                 if good:
-                    loop.call_soon_threadsafe(self._deliver,
-                                              Batch(epoch, good, sum(map(len, good))))
+                    self._post(loop, Batch(epoch, good,
+                                           sum(map(len, good)) + MESSAGE_OVERHEAD * len(good)))
         except Exception as exc:  # reported to the agent, which stops
             self.failure = f"fetching {self.topic} failed: {exc!r}"
             log.exception("%s: fetching %s failed", self.name, self.topic)
-            loop.call_soon_threadsafe(self._wake)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake)
+        finally:
+            with contextlib.suppress(Exception):
+                consumer.close()
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
         try:
-            self._consumer.list_topics(self.topic, timeout=30)
-        except Exception as exc:  # the first fetch connects instead
-            log.warning("%s: no metadata of %s yet (%s)", self.name, self.topic, exc)
+            while not self._stopping.is_set():
+                try:
+                    self._consumer.list_topics(self.topic, timeout=1)
+                    return
+                except Exception as exc:  # the first fetch connects instead
+                    if time.monotonic() > deadline:
+                        log.warning("%s: no metadata of %s yet (%s)", self.name, self.topic,
+                                    exc)
+                        return
         finally:
             self._connected.set()
 

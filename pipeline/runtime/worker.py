@@ -89,6 +89,7 @@ EXIT_FAILED_MESSAGE = 70  # EX_SOFTWARE
 # past what was applied, is sought back (AgentRuntime.resume_stalled).
 STALL_S = 5.0
 SHUTDOWN_COMMIT_S = 15.0
+SLICE_S = 0.01  # longest the fetcher's loop applies messages before it lets others run
 
 
 def now_ms() -> int:
@@ -280,13 +281,17 @@ class AgentRuntime:
             if batch.epoch != fetcher.epoch:
                 batch = None  # its assignment is over; the next one fetches again
                 continue
-            if not self.ready or self.stopping or not flow.is_active():
+            if (not self.ready or self.stopping or not flow.is_active()
+                    or self.app.rebalancing):
                 await asyncio.sleep(0.02)  # a rebalance or a recovery under way
                 continue
             async with self._applying:
                 messages = batch.messages
+                started = time.monotonic()
                 while (i < len(messages) and batch.epoch == fetcher.epoch and self.ready
-                       and not self.stopping and flow.is_active()):
+                       and not self.stopping and flow.is_active()
+                       and not self.app.rebalancing
+                       and time.monotonic() - started < SLICE_S):
                     msg = messages[i]
                     i += 1
                     partition = msg.partition()
@@ -303,6 +308,10 @@ class AgentRuntime:
                     except Exception:
                         fail_stop(f"{self.spec.name}: applying {topic}[{partition}] offset "
                                   f"{msg.offset()} failed")
+            # A message rarely waits for anything, so without this the loop would be
+            # this agent's until every fetched batch is applied: the timers, the other
+            # agents and the handling of a rebalance get it between slices.
+            await asyncio.sleep(0)
 
     async def quiesce(self) -> None:
         """Before a rebalance or a shutdown goes on: no message half applied, and the
@@ -675,9 +684,6 @@ class AgentRuntime:
         self.metrics.recovery_seconds.observe(time.monotonic() - self.not_ready_since)
         self.metrics.recovering.set(0)
         self.ready = True
-        if self.fetcher is not None:  # each held partition from its first unapplied offset
-            self.fetcher.assign({p: view.cursor.kafka_offset(view.applied + 1)
-                                 for p, view in views.items()})
         now = now_ms()
         sent = 0
         for key, p, o, state in states:
@@ -687,6 +693,12 @@ class AgentRuntime:
             outputs = self.spec.resend(state, now)
             await self._send_outputs(key, outputs, p, o)
             sent += len(outputs)
+        if self.fetcher is not None and recovery == self._recoveries:
+            # Each held partition from its first unapplied offset, once the re-sent
+            # versions are queued ahead of any newer one (as Faust's delivery resumes
+            # only after the recovery callbacks).
+            self.fetcher.assign({p: view.cursor.kafka_offset(view.applied + 1)
+                                 for p, view in views.items()})
         log.info("recovered %s state of %d symbols in partitions %s; re-sent %d records",
                  self.spec.name, len(states), sorted(held), sent)
 
@@ -782,8 +794,11 @@ class AgentRuntime:
         ``idle_s`` whose end lies past its cursor, and which its consumer has read to the
         end, is sought to the first unapplied offset, which also resets Faust's read
         offset; the cursor skips anything delivered twice."""
-        if not self.ready or self.app.rebalancing or self.fetcher is not None:
-            return  # (librdkafka's fetcher never passes over what it fetched)
+        if not self.ready or self.app.rebalancing:
+            return
+        if self.fetcher is not None:
+            await self._refetch_stalled(idle_s)
+            return
         now = time.monotonic()
         idle = {p: view for p, view in self.views.items() if now - view.last_seen >= idle_s}
         if not idle:
@@ -824,6 +839,44 @@ class AgentRuntime:
                 log.info("%s[%d]: seek back not done: %s", self.source_topic, p, exc)
                 return
             self.stats.resumed += 1
+
+    async def _refetch_stalled(self, idle_s: float) -> None:
+        """The librdkafka fetcher's partitions: one idle for ``idle_s`` while its end
+        lies past what was applied, with nothing fetched waiting for the agent, is
+        fetched again from the views (librdkafka retries a failing fetch on its own;
+        this is the net under it)."""
+        fetcher = self.fetcher
+        assert fetcher is not None
+        now = time.monotonic()
+        idle = sorted(p for p, view in self.views.items() if now - view.last_seen >= idle_s)
+        if not idle or fetcher.waiting_bytes():
+            return
+        epoch = fetcher.epoch
+        try:
+            ends = await asyncio.to_thread(watermarks, self.settings.kafka_bootstrap,
+                                           self.source_topic, idle)
+        except Exception as exc:  # broker trouble: the next check asks again
+            log.info("%s: checking for stalled partitions failed: %s", self.source_topic, exc)
+            return
+        if (not self.ready or self.app.rebalancing or fetcher.epoch != epoch
+                or fetcher.waiting_bytes()):
+            return  # a rebalance, or messages came meanwhile
+        now = time.monotonic()
+        stalled = [(p, view, ends[p][1]) for p in idle if p in ends
+                   and (view := self.views.get(p)) is not None
+                   and now - view.last_seen >= idle_s
+                   and view.cursor.kafka_offset(view.applied) + 1 < ends[p][1]]
+        if not stalled:
+            return
+        for p, view, high in stalled:
+            log.warning("%s[%d]: nothing fetched for %.0f s while offsets %d..%d wait "
+                        "unapplied; fetching the partitions again", self.source_topic, p,
+                        now - view.last_seen, view.cursor.kafka_offset(view.applied) + 1,
+                        high - 1, extra={"partition": p})
+            view.last_seen = now
+        self.stats.resumed += len(stalled)
+        fetcher.assign({p: view.cursor.kafka_offset(view.applied + 1)
+                        for p, view in self.views.items()})
 
     async def _read_to_end(self, tp: Any, high: int) -> bool:
         """Whether the consumer has handed out everything up to ``high`` for ``tp``.
@@ -993,10 +1046,16 @@ class WorkerRuntime:
                                     AgentMetrics.of(metrics, spec.name), self.publishers)
                        for spec in specs]
         # Their partitions stay Faust's for the group, and are fetched by the agents
+        external = frozenset(agent.source_topic for agent in self.agents
+                             if agent.fetcher is not None)
         consumer_class = app.transport.Consumer
+        if external and not hasattr(consumer_class, "external_topics"):
+            # Faust would deliver them to streams nobody reads, and wait for those
+            # messages at every revocation
+            raise RuntimeError("FXSTREAM_WORKER_FETCH=librdkafka needs the worker's "
+                               "consumer of pipeline.runtime.app.build_app")
         if hasattr(consumer_class, "external_topics"):
-            consumer_class.external_topics = frozenset(
-                agent.source_topic for agent in self.agents if agent.fetcher is not None)
+            consumer_class.external_topics = external
         self._lag_series: set[tuple[str, str, str]] = set()
         self._rebalances = 0  # revocations so far: a commit that met one is not recorded
         app.timer(interval=1.0, name="fxstream-commit")(self.commit_applied)
@@ -1012,7 +1071,7 @@ class WorkerRuntime:
         """The changelog topic of every agent's table, as Faust names it."""
         return [agent.table.changelog_topic.get_topic_name() for agent in self.agents]
 
-    async def commit_applied(self) -> None:
+    async def commit_applied(self, stopping: bool = False) -> None:
         """Commit the offsets the cursors say are applied, after flushing what they wrote.
 
         Faust's own committer also runs (every commit interval, at revocation and at
@@ -1039,10 +1098,14 @@ class WorkerRuntime:
         generation = self._rebalances
         marks = [(agent, *agent.settling()) for agent in self.agents]
         sent = [future for _, _, futures in marks for future in futures]
-        acknowledged = await self._acknowledged(sent, self.settings.output_ack_timeout_s)
+        acknowledged = await self._acknowledged(
+            sent, SHUTDOWN_COMMIT_S if stopping else self.settings.output_ack_timeout_s,
+            stopping)
         if acknowledged:
             for agent, views, _ in marks:
                 agent.settle(views)
+        elif stopping:
+            return
         if not offsets:
             return
         try:
@@ -1062,7 +1125,8 @@ class WorkerRuntime:
         except Exception as exc:  # a rebalance in between; the next tick tries again
             log.info("offset commit deferred: %s", exc)
 
-    async def _acknowledged(self, sent: list[asyncio.Future[Any]], timeout: float) -> bool:
+    async def _acknowledged(self, sent: list[asyncio.Future[Any]], timeout: float,
+                            stopping: bool = False) -> bool:
         """Flush the producer and wait for each of ``sent``: True when Kafka has every
         one. A send Kafka refused, or none acknowledged within ``timeout``, stops the
         worker: its message's state may already be in the changelog, and a restart
@@ -1083,6 +1147,10 @@ class WorkerRuntime:
             if self.app.should_stop:
                 return False
             fail_stop(f"flushing the worker's outputs failed ({exc!r})")
+        if timed_out and stopping:
+            log.warning("Kafka did not acknowledge the worker's outputs within %g s of the "
+                        "stop; their offsets are not committed", timeout)
+            return False
         if timed_out:
             fail_stop(f"Kafka did not acknowledge the worker's outputs within {timeout:g} s "
                       "(FXSTREAM_OUTPUT_ACK_TIMEOUT_S); states keep what unacknowledged "
@@ -1161,7 +1229,7 @@ class WorkerRuntime:
         # Not committing is safe (a restart skips what it applied again), so a Kafka
         # that does not answer does not hold the stop for long.
         try:
-            await asyncio.wait_for(self.commit_applied(), SHUTDOWN_COMMIT_S)
+            await asyncio.wait_for(self.commit_applied(stopping=True), SHUTDOWN_COMMIT_S + 5)
         except TimeoutError:
             log.warning("the offsets applied last were not committed within %.0f s at "
                         "shutdown; a restart skips their messages as applied",
