@@ -287,6 +287,29 @@ def test_a_recovery_that_meets_a_revocation_takes_in_nothing() -> None:
     assert not agent.ready and agent.views == {} and sends == []
 
 
+def _stall_check(monkeypatch: pytest.MonkeyPatch, view: Any, high: int,
+                 position: Callable[[Any], Any]) -> tuple[AgentRuntime, list[dict[Any, int]]]:
+    """Run the Faust path's stall check once over partition 4 of fx.sentiment, whose
+    end is ``high`` and whose consumer answers ``position``; returns the seeks made."""
+    agent = object.__new__(AgentRuntime)
+    agent.views = {4: view}
+    agent.ready, agent.source_topic, agent.fetcher = True, "fx.sentiment", None
+    agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
+    agent.stats = worker.AgentStats()
+    seeks: list[dict[Any, int]] = []
+    tp = TP("fx.sentiment", 4)
+
+    async def seek(_app: Any, offsets: dict[Any, int]) -> None:
+        seeks.append(offsets)
+
+    agent.app = SimpleNamespace(  # type: ignore[assignment]
+        rebalancing=False, consumer=SimpleNamespace(assignment=lambda: {tp}, position=position))
+    monkeypatch.setattr(worker, "watermarks", lambda *_: {4: (0, high)})
+    monkeypatch.setattr(worker, "seek_in_consumer_thread", seek)
+    asyncio.run(agent.resume_stalled(5.0))
+    return agent, seeks
+
+
 def test_a_partition_delivered_while_the_stall_check_waits_is_not_sought_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The stall check awaits the partition's ends and its consumer's read position;
@@ -296,28 +319,14 @@ def test_a_partition_delivered_while_the_stall_check_waits_is_not_sought_back(
     records arrived."""
     from pipeline.runtime.worker import PartitionView
 
-    agent = object.__new__(AgentRuntime)
     view = PartitionView(last_seen=0.0)  # idle since long before the check
-    agent.views = {4: view}
-    agent.ready, agent.source_topic, agent.fetcher = True, "fx.sentiment", None
-    agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
-    agent.stats = worker.AgentStats()
-    seeks: list[dict[Any, int]] = []
-    tp = TP("fx.sentiment", 4)
 
     async def position(_tp: Any) -> int:
         await asyncio.sleep(0)
         view.last_seen, view.applied = worker.time.monotonic(), 1  # both records delivered
         return 2
 
-    async def seek(_app: Any, offsets: dict[Any, int]) -> None:
-        seeks.append(offsets)
-
-    agent.app = SimpleNamespace(  # type: ignore[assignment]
-        rebalancing=False, consumer=SimpleNamespace(assignment=lambda: {tp}, position=position))
-    monkeypatch.setattr(worker, "watermarks", lambda *_: {4: (0, 2)})
-    monkeypatch.setattr(worker, "seek_in_consumer_thread", seek)
-    asyncio.run(agent.resume_stalled(5.0))
+    agent, seeks = _stall_check(monkeypatch, view, 2, position)
     assert seeks == [] and agent.stats.resumed == 0
 
 
@@ -327,27 +336,12 @@ def test_a_partition_read_to_its_end_and_idle_is_sought_back(
     the end, messages unapplied: sought to the first unapplied offset."""
     from pipeline.runtime.worker import PartitionView
 
-    agent = object.__new__(AgentRuntime)
-    view = PartitionView(last_seen=0.0, applied=3)
-    agent.views = {4: view}
-    agent.ready, agent.source_topic, agent.fetcher = True, "fx.sentiment", None
-    agent.settings = SimpleNamespace(kafka_bootstrap="127.0.0.1:9")  # type: ignore[assignment]
-    agent.stats = worker.AgentStats()
-    seeks: list[dict[Any, int]] = []
-    tp = TP("fx.sentiment", 4)
-
     async def position(_tp: Any) -> int:
         return 9
 
-    async def seek(_app: Any, offsets: dict[Any, int]) -> None:
-        seeks.append(offsets)
-
-    agent.app = SimpleNamespace(  # type: ignore[assignment]
-        rebalancing=False, consumer=SimpleNamespace(assignment=lambda: {tp}, position=position))
-    monkeypatch.setattr(worker, "watermarks", lambda *_: {4: (0, 9)})
-    monkeypatch.setattr(worker, "seek_in_consumer_thread", seek)
-    asyncio.run(agent.resume_stalled(5.0))
-    assert seeks == [{tp: 4}] and agent.stats.resumed == 1
+    agent, seeks = _stall_check(monkeypatch, PartitionView(last_seen=0.0, applied=3), 9,
+                                position)
+    assert seeks == [{TP("fx.sentiment", 4): 4}] and agent.stats.resumed == 1
 
 
 class _Fetcher:
