@@ -43,6 +43,14 @@ def test_bad_messages_are_dead_lettered_and_the_pipeline_goes_on(
     producer.produce(t, key=b"EUR/USD", value=orjson.dumps(tick(T0 + 61_000, 1.3)))
     producer.produce(settings.topics.candles, key=b"EUR/USD", value=b"\x00garbage")
     producer.produce(settings.topics.candles, key=b"EUR/USD", value=orjson.dumps({"v": 9}))
+    # Text that is not UTF-8 inside frames both fast paths would otherwise take.
+    producer.produce(t, key=b"EUR/USD", value=orjson.dumps(
+        [{**tick(T0 + 2, 1.2), "provider": "feed"}]).replace(b"feed", b"fe\xffd"))
+    candle = {"v": 1, "symbol": "EUR/USD", "timeframe": "1m", "ts_utc": T0, "open": 1.1,
+              "high": 1.1, "low": 1.1, "close": 1.1, "tick_volume": 1, "volume": 0.0,
+              "complete": False, "provider_source": "feed"}
+    producer.produce(settings.topics.candles, key=b"EUR/USD",
+                     value=orjson.dumps([candle]).replace(b"feed", b"fe\xffd"))
     assert producer.flush(30) == 0
 
     worker = Proc(settings, ["worker"], tmp_path / "worker.log")
@@ -60,6 +68,7 @@ def test_bad_messages_are_dead_lettered_and_the_pipeline_goes_on(
         expected = sorted([("invalid_json", "worker", None), ("bad_key", "worker", None),
                            ("bad_key", "worker", None), ("invalid_tick", "worker", 1),
                            ("unknown_symbol", "worker", None), ("invalid_candle", "sink", None),
+                           ("invalid_candle", "sink", None), ("invalid_json", "worker", None),
                            ("invalid_candle", "sink", None)])
         wait_for(lambda: reasons() == expected, 60, f"dead letters {expected}")
         for key, rec in read_topic(settings, settings.topics.dead_letter):

@@ -111,6 +111,17 @@ def test_an_empty_frame_makes_no_row_and_a_missing_value_is_refused() -> None:
     assert [(r.message, r.index) for r in decoded.rejected] == [(1, None)]
 
 
+def test_text_that_is_not_utf_8_is_refused_as_invalid_json() -> None:
+    """msgspec raises UnicodeDecodeError, not one of its own errors, for a string field
+    that is not UTF-8: the fast path must hand that message to ``decode`` too."""
+    good = orjson.dumps([_candle()])
+    bad = [good.replace(b'"EUR/USD"', b'"EUR/\xffUSD"'),
+           good.replace(b'"p"', b'"\xed\xa0\x80"')]  # an encoded surrogate
+    decoded = _runtime()._decode([_Message(v) for v in [good, *bad]])
+    assert [o for o, _ in zip(decoded.origins, decoded.rows, strict=True)] == [(0, 0)]
+    assert sorted(r.message for r in decoded.rejected) == [1, 2]
+
+
 def test_the_timeframe_literal_admits_exactly_what_the_schema_pattern_admits() -> None:
     pattern = re.compile(r"^[1-9][0-9]{0,3}[mhd]$")
     candidates = {f"{n}{unit}" for n in range(0, 10_001) for unit in "smhdw"}
