@@ -210,12 +210,21 @@ def produce_replay(
     _refused_in_summary(report.refused, "ticks")
 
 
+def synthetic_span(duration_s: float | None, count: int | None) -> float | None:
+    """The seconds a synthetic producer runs: as given (0: without end), else 60 s, or
+    until ``count`` when a count is given (which a default span must not cut short)."""
+    if duration_s is None:
+        return None if count is not None else 60.0
+    return duration_s or None
+
+
 @produce_app.command("synthetic")
 def produce_synthetic(
     ctx: typer.Context,
     symbols: Annotated[str, typer.Option(help="comma-separated; default: the settings' list")] = "",
     rate: Annotated[float, typer.Option(min=0.001, help="ticks per second, all symbols")] = 1000,
-    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until interrupted")] = 60,
+    duration: Annotated[float | None, typer.Option(
+        min=0, help="seconds; 0 = until interrupted; default 60, or none with --count")] = None,
     count: Annotated[int | None, typer.Option(min=1, help="stop after this many ticks")] = None,
     seed: Annotated[int, typer.Option(help="same seed, same ticks")] = 0,
     max_speed: Annotated[bool, typer.Option("--max-speed", help="do not pace to --rate")] = False,
@@ -234,8 +243,9 @@ def produce_synthetic(
         raise typer.BadParameter(str(exc), param_hint="--symbols") from None
     _ensure_topics(settings)
     _refused_at_start(settings, names, "ticks")
-    report = run_synthetic(settings, names, rate=rate, duration_s=duration or None, count=count,
-                           seed=seed, paced=not max_speed, frame_size=frame_size,
+    report = run_synthetic(settings, names, rate=rate,
+                           duration_s=synthetic_span(duration, count), count=count, seed=seed,
+                           paced=not max_speed, frame_size=frame_size,
                            live_time=not max_speed)
     console.print(f"published {report.ticks} ticks in {report.messages} messages in "
                   f"{report.seconds:.1f} s ({report.ticks / max(report.seconds, 1e-9):,.0f}/s)")
@@ -275,7 +285,8 @@ def produce_dom_synthetic(
     symbols: Annotated[str, typer.Option(help="comma-separated; default: the settings' list")] = "",
     rate: Annotated[float, typer.Option(min=0.001, help="snapshots per second, all symbols")
                     ] = 200,
-    duration: Annotated[float, typer.Option(min=0, help="seconds; 0 = until interrupted")] = 60,
+    duration: Annotated[float | None, typer.Option(
+        min=0, help="seconds; 0 = until interrupted; default 60, or none with --count")] = None,
     count: Annotated[int | None, typer.Option(min=1, help="stop after this many")] = None,
     seed: Annotated[int, typer.Option(help="same seed, same books (and the ticks' path)")] = 0,
     levels: Annotated[int, typer.Option(min=1, help="most levels per side")] = 10,
@@ -295,7 +306,8 @@ def produce_dom_synthetic(
         raise typer.BadParameter(str(exc), param_hint="--symbols") from None
     _ensure_topics(settings)
     _refused_at_start(settings, names, "snapshots")
-    report = run_synthetic_books(settings, names, rate=rate, duration_s=duration or None,
+    report = run_synthetic_books(settings, names, rate=rate,
+                                 duration_s=synthetic_span(duration, count),
                                  count=count, seed=seed, paced=not max_speed,
                                  frame_size=frame_size, live_time=not max_speed, levels=levels)
     console.print(f"published {report.snapshots} snapshots in {report.messages} messages in "

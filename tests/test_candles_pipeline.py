@@ -86,3 +86,16 @@ def test_replayed_candles_equal_the_reference(make_settings: Callable[..., Setti
     finally:
         assert sink.stop() == 0, sink.tail()
         assert worker.stop() == 0, worker.tail()
+
+
+def test_synthetic_producer_with_a_count_publishes_that_many_ticks(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """70,000 ticks at 1,000/s span 70 s of event time: the default 60 s span applies
+    only when no count is given."""
+    settings = pipeline_settings(make_settings)
+    out = run_cli(settings, ["produce", "synthetic", "--count", "70000", "--max-speed",
+                             "--frame-size", "500"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "published 70000 ticks" in out.stdout, out.stdout
+    frames = [v for _, v in read_topic(settings, settings.topics.ticks)]
+    assert sum(len(f) if isinstance(f, list) else 1 for f in frames) == 70_000

@@ -438,3 +438,13 @@ def test_bad_arguments() -> None:
         SyntheticTicks(["EUR/USD"], rate=0)
     with pytest.raises(ValueError):
         SyntheticTicks(["EUR/USD", "EUR/USD"], rate=10)
+
+
+def test_a_synthetic_span_is_as_given_or_60_s_unless_a_count_ends_it() -> None:
+    from pipeline.cli import synthetic_span
+
+    assert synthetic_span(None, None) == 60.0
+    assert synthetic_span(None, 70_000) is None
+    assert synthetic_span(0, None) is None
+    assert synthetic_span(0, 5) is None
+    assert synthetic_span(30.0, 70_000) == 30.0
