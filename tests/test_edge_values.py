@@ -156,3 +156,23 @@ def test_control_characters_are_refused_and_the_sink_goes_on(
                  want_bars={("EUR/USD", T0): (1, 0.0, "feed"),
                             ("EUR/USD", T0 + 60_000): (1, 0.0, "feed")},
                  want_dead=[("invalid_tick", None)] * 4)
+
+
+def test_a_tick_refused_from_a_typed_frame_is_dead_lettered_as_it_was_sent(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A clean frame reaches the fold typed (pipeline.core.ticks.TickRecord); a tick the
+    fold then refuses makes the runtime fold the message again from plain JSON, so the
+    dead letter holds the tick as sent (an integer price stays an integer) and the
+    other ticks of the frame count once."""
+    settings = edge_settings(make_settings)
+    tomorrow = int(time.time() * 1000) + DAY_MS
+    frame = [tick(T0 + i, 1.1 + i * 1e-5, provider="feed") for i in range(10)]
+    frame[3] = tick(tomorrow, 2, provider="feed")  # from the future, integer prices
+    frame[6] = tick(T0 + 6, 1.1, provider="fe\u0000ed")  # NUL in the provider
+    produce(settings, [("EUR/USD", frame)])
+    run_pipeline(settings, tmp_path, want_bars={("EUR/USD", T0): (8, 0.0, "feed")},
+                 want_dead=[("future", 3), ("invalid_tick", 6)])
+    payloads = {r["source"]["index"]: json.loads(r["payload"])
+                for _, r in read_topic(settings, settings.topics.dead_letter)}
+    assert payloads == {3: frame[3], 6: frame[6]}
+    assert type(payloads[3]["bid"]) is int

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.core import orderflow
 from pipeline.core.candles import CandleConfig, all_bars, closed_by_clock, fold, upgrade_state
+from pipeline.core.ticks import TickRecord
 from pipeline.runtime.declaration import AgentSpec, FoldOutcome, Reject
 from pipeline.settings import Settings
 
@@ -44,4 +45,4 @@ def candle_agent(settings: Settings) -> AgentSpec:
     return AgentSpec(name="candle", source="ticks", output="candles", table="candle-state",
                      fold=fold_message, clock=clock, resend=resend,
                      known_keys=frozenset(settings.symbols), item_noun="ticks",
-                     also=(orderflow.TOPIC,) if config.orderflow else ())
+                     also=(orderflow.TOPIC,) if config.orderflow else (), record=TickRecord)

@@ -45,6 +45,7 @@ from pipeline.core.ticks import (
     MAX_PRICE,
     MAX_VOLUME,
     TickError,
+    TickRecord,
     future_limit,
     parse_tick,
     valid_provider,
@@ -181,11 +182,19 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
 
     symbol_known = known is None or symbol in known
     for index, raw in enumerate(ticks):
-        # Fast path for the common, unremarkable tick: a dict with the canonical symbol,
-        # an int time and float sides, all within the bounds of pipeline.core.ticks
-        # (the time also within the future tolerance), and the provider of the tick
-        # before or none; anything else goes through the full check.
-        if (type(raw) is dict and raw.get("symbol") == symbol and symbol_known
+        # Fast paths for the common, unremarkable tick: a TickRecord (typed and bounded
+        # as it was decoded) or a dict with an int time and float sides within the
+        # bounds of pipeline.core.ticks; either with the canonical symbol, the time
+        # within the future tolerance, and the provider of the tick before or none.
+        # Anything else goes through the full check (which refuses a TickRecord: the
+        # runtime then folds the message again as plain JSON).
+        if (type(raw) is TickRecord and raw.symbol == symbol and symbol_known
+                and (ts := raw.ts_ms) <= newest_ok
+                and ((tick_provider := raw.provider) is None or tick_provider == ok_provider
+                     # a new provider, checked once (a valid one is never empty)
+                     or (valid_provider(tick_provider) and (ok_provider := tick_provider)))):
+            bid, ask, vol = raw.bid, raw.ask, raw.volume
+        elif (type(raw) is dict and raw.get("symbol") == symbol and symbol_known
                 and type(ts := raw.get("ts_ms")) is int and 0 <= ts <= newest_ok
                 and type(bid := raw.get("bid")) is float and 0.0 < bid <= MAX_PRICE
                 and type(ask := raw.get("ask")) is float and 0.0 < ask <= MAX_PRICE

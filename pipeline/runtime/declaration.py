@@ -13,6 +13,12 @@ state. Its three functions are pure: no Kafka, no Faust, no clock of their own.
   independently, so a kill -9 can keep the state of many messages and lose their
   outputs. It must not modify ``state``: the runtime keeps a key's state in memory
   from one message to the next, and a refused message leaves it as it was.
+  With a ``record`` type declared, a frame that decodes whole into a list of it
+  (no null, no unknown field, every bound of the type held) reaches the fold as
+  those records instead of dicts: a fast path the fold may trust for types and
+  bounds. A record the fold cannot take that way it must reject; the runtime then
+  folds the message again from its plain JSON decode, which stays the authority on
+  what is valid and why not, and dead-letters the items as they were sent.
 - ``clock(state, now_ms, last_arrival_ms)``: records the wall clock closes while no
   message arrives (e.g. a quiet bar). The runtime remembers what it sent; the next
   message folds as usual.
@@ -73,3 +79,4 @@ class AgentSpec:
     known_keys: frozenset[str] | None = None  # None: every canonical symbol
     item_noun: str = "ticks"  # what the stopping report counts
     also: tuple[str, ...] = ()  # other topics (Topics fields) records may name in TARGET
+    record: type[Any] | None = None  # a msgspec Struct: frames of it skip the plain decode

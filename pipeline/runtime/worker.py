@@ -47,6 +47,7 @@ from functools import lru_cache
 from typing import Any, NoReturn
 
 import faust
+import msgspec
 import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException
@@ -192,6 +193,9 @@ class AgentRuntime:
         self.committed: dict[int, int] = {}
         self.source_partitions: int | None = None
         self.known = spec.known_keys
+        # The declaration's record type, as a decoder of whole frames (the fast path).
+        self._typed_decode: Any = (msgspec.json.Decoder(list[spec.record]).decode  # type: ignore[name-defined]
+                                   if spec.record is not None else None)
         self.run = Run()
         self._writing = asyncio.Lock()
         self._stream: Any = None  # the agent's, once it runs
@@ -366,41 +370,38 @@ class AgentRuntime:
             await self._write(cursor_key(partition), encode_cursor(cursor), partition)
 
         symbol = _canonical_key(key)
+        key_fault = self._key_fault(key, symbol, topic, partition)
         items: list[Any] | None = None
         rejects: list[Reject] = []
-        framed = False
-        try:
-            value = orjson.loads(raw or b"")
-            framed = isinstance(value, list)
-            items = value if framed else [value]
+        framed = typed = False
+        typed_decode = self._typed_decode
+        if typed_decode is not None and key_fault is None and raw:
+            try:
+                items = typed_decode(raw)
+                framed = typed = True
+            except ValueError:  # msgspec's errors and UnicodeDecodeError: not for this path
+                pass
+        if items is None:
+            try:
+                value = orjson.loads(raw or b"")
+                framed = isinstance(value, list)
+                items = value if framed else [value]
+            except orjson.JSONDecodeError as exc:
+                rejects.append(Reject(-1, "invalid_json", str(exc), raw or b""))
+        if items is not None:
             stats.items_in += len(items)
-        except orjson.JSONDecodeError as exc:
-            rejects.append(Reject(-1, "invalid_json", str(exc), raw or b""))
-        if items is not None and (symbol is None or symbol.encode() != key):
-            detail = ("message has no key" if key is None else
-                      f"key {key!r} is not a canonical symbol; producers must key by "
-                      "it (e.g. 'EUR/USD') so one partition holds each symbol")
-            rejects.append(Reject(-1, "bad_key", detail, raw))
-            items = None
-        if items is not None and self.known is not None and symbol not in self.known:
-            rejects.extend(Reject(i, "unknown_symbol",
-                                  f"{symbol} is not among the configured symbols", item)
-                           for i, item in enumerate(items))
-            items = None
-        if items is not None and self.source_partitions and key is not None and (
-                expected := murmur2_partition(key, self.source_partitions)) != partition:
-            rejects.extend(Reject(
-                i, "wrong_partition",
-                f"{symbol} belongs on partition {expected} of {topic} (murmur2 of the key), "
-                f"not {partition}: produce with partitioner=murmur2_random (librdkafka) or the "
-                "Java client's default partitioner, so that one partition holds each symbol",
-                item) for i, item in enumerate(items))
+        if items is not None and key_fault is not None:
+            reason, detail, per_item = key_fault
+            if per_item:
+                rejects.extend(Reject(i, reason, detail, item) for i, item in enumerate(items))
+            else:
+                rejects.append(Reject(-1, reason, detail, raw))
             items = None
 
         state_json: bytes | None = None
         outcome = None
         if items is not None:
-            assert key is not None and symbol is not None
+            assert key is not None and symbol is not None and raw is not None
             held = self.run.states.get(key)
             if held is not None:
                 state = held[3]
@@ -408,6 +409,12 @@ class AgentRuntime:
                 raw_state = self.table.get(key)
                 state = None if raw_state is None else decode_envelope(raw_state)[2]
             outcome = self.spec.fold(state, symbol, items, position, now, view.settled)
+            if typed and outcome.rejects:
+                # The typed decode is a fast path only: what the fold refuses from it is
+                # folded again from the plain decode, so dead letters carry the items as
+                # they were sent (the fold is pure; the state is as it was).
+                items, typed = orjson.loads(raw), False
+                outcome = self.spec.fold(state, symbol, items, position, now, view.settled)
             rejects.extend(outcome.rejects)
             if outcome.state is not None and not outcome.skipped:
                 state_json = orjson.dumps(outcome.state)
@@ -422,6 +429,8 @@ class AgentRuntime:
                               f"hold (FXSTREAM_MAX_STATE_BYTES, "
                               f"{self.settings.max_state_bytes:,}); a shorter lateness keeps "
                               "less of it")
+                    if typed:
+                        items = orjson.loads(raw)
                     rejects.extend(Reject(i, "state_too_large", detail, item)
                                    for i, item in enumerate(items) if i not in refused)
                     outcome, state_json = None, None
@@ -443,6 +452,25 @@ class AgentRuntime:
             run.started = time.monotonic()
         run.messages += 1
         view.applied = position
+
+    def _key_fault(self, key: bytes | None, symbol: str | None, topic: str, partition: int
+                   ) -> tuple[str, str, bool] | None:
+        """Why a message's key keeps it from the fold: (reason, detail, whether each item
+        is dead-lettered or the message as one), or None for a key this agent takes."""
+        if symbol is None or symbol.encode() != key:
+            return "bad_key", ("message has no key" if key is None else
+                               f"key {key!r} is not a canonical symbol; producers must key by "
+                               "it (e.g. 'EUR/USD') so one partition holds each symbol"), False
+        if self.known is not None and symbol not in self.known:
+            return "unknown_symbol", f"{symbol} is not among the configured symbols", True
+        if self.source_partitions and (
+                expected := murmur2_partition(key, self.source_partitions)) != partition:
+            return "wrong_partition", (
+                f"{symbol} belongs on partition {expected} of {topic} (murmur2 of the key), "
+                f"not {partition}: produce with partitioner=murmur2_random (librdkafka) or "
+                "the Java client's default partitioner, so that one partition holds each "
+                "symbol"), True
+        return None
 
     async def write_run(self) -> None:
         """Write the states of the run: each key it touched once, then acknowledge its
