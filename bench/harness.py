@@ -184,20 +184,23 @@ def measure_produce(env: BenchEnv, ticks: int, symbols: list[str], frame_size: i
             "ticks_per_s": report.ticks / report.seconds}
 
 
-def measure_bare_consumer(env: BenchEnv, expected_ticks: int) -> dict[str, float]:
-    """The ceiling: read the tick topic with confluent-kafka, decode with orjson, fold."""
-    topic = env.settings.topics.ticks
-    consumer = Consumer({"bootstrap.servers": env.settings.kafka_bootstrap,
+def bare_read(settings: Settings, topic: str, expected: int,
+              fold_frame: Callable[[bytes, list[Any]], None], what: str
+              ) -> tuple[int, float, float]:
+    """A ceiling: read ``topic`` with confluent-kafka from the start, decode each message
+    with orjson and hand its frame to ``fold_frame(key, items)`` until ``expected``
+    items; returns (items, seconds from the first message to the last, seconds until
+    the first message), timed as the agents are."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"bare-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
                          "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     counted = 0
-    last: dict[bytes, float] = {}
     loads = orjson.loads
     started = time.monotonic()
     first: float | None = None
-    while counted < expected_ticks:
+    while counted < expected:
         # Take each message as soon as it is there: consume(n, timeout) alone would
         # wait out its timeout whenever fewer than n messages are left.
         head = consumer.poll(1.0)
@@ -211,20 +214,30 @@ def measure_bare_consumer(env: BenchEnv, expected_ticks: int) -> dict[str, float
             if msg.error():
                 continue
             value = loads(msg.value())
-            frame = value if isinstance(value, list) else (value,)
-            for tick in frame:  # a minimal fold: last mid per symbol
-                bid, ask = tick.get("bid"), tick.get("ask")
-                last[msg.key()] = (bid + ask) / 2 if bid and ask else (bid or ask)
+            frame = value if isinstance(value, list) else [value]
+            fold_frame(msg.key(), frame)
             counted += len(frame)
         if time.monotonic() - started > 600:
-            raise TimeoutError("bare consumer did not read every tick in 10 minutes")
+            raise TimeoutError(f"bare consumer did not read every {what} in 10 minutes")
     finished = time.monotonic()
     consumer.close()
-    # Timed like the agent: from the first message to the last; the wait for the
-    # first fetch (connection, metadata, fetch wait) is reported apart.
-    seconds = finished - (first if first is not None else started)
+    first = finished if first is None else first
+    return counted, finished - first, first - started
+
+
+def measure_bare_consumer(env: BenchEnv, expected_ticks: int) -> dict[str, float]:
+    """The ceiling: read the tick topic with confluent-kafka, decode with orjson, fold."""
+    last: dict[bytes, float] = {}
+
+    def last_mid(key: bytes, frame: list[Any]) -> None:  # a minimal fold
+        for tick in frame:
+            bid, ask = tick.get("bid"), tick.get("ask")
+            last[key] = (bid + ask) / 2 if bid and ask else (bid or ask)
+
+    counted, seconds, first_s = bare_read(env.settings, env.settings.topics.ticks,
+                                          expected_ticks, last_mid, "tick")
     return {"ticks": counted, "seconds": seconds, "ticks_per_s": counted / seconds,
-            "first_message_s": (first if first is not None else finished) - started}
+            "first_message_s": first_s}
 
 
 _STOPPING = re.compile(r"candle worker stopping: (\d+) messages, (\d+) ticks.*?; ([\d.]+) s "
@@ -721,31 +734,18 @@ def measure_dom(fresh: Callable[..., BenchEnv], count: int, symbols: list[str], 
 
 
 def _bare_dom_consumer(settings: Settings, expected: int) -> dict[str, float]:
-    topic = settings.topics.dom
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"bare-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
-                         "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
-    meta = consumer.list_topics(topic, timeout=10).topics[topic]
-    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
-    counted = 0
     mid: dict[bytes, float] = {}
-    started = time.monotonic()
-    while counted < expected:
-        for msg in consumer.consume(10_000, 1.0):
-            if msg.error():
-                continue
-            value = orjson.loads(msg.value())
-            frame = value if isinstance(value, list) else (value,)
-            for book in frame:  # a minimal fold: the best levels' mid per symbol
-                bids, asks = book["bids"], book["asks"]
-                if bids and asks:
-                    mid[msg.key()] = (bids[0][0] + asks[0][0]) / 2
-            counted += len(frame)
-        if time.monotonic() - started > 600:
-            raise TimeoutError("bare DOM consumer did not read every snapshot in 10 minutes")
-    seconds = time.monotonic() - started
-    consumer.close()
-    return {"snapshots": counted, "seconds": seconds, "snapshots_per_s": counted / seconds}
+
+    def best_mid(key: bytes, frame: list[Any]) -> None:  # a minimal fold
+        for book in frame:
+            bids, asks = book["bids"], book["asks"]
+            if bids and asks:
+                mid[key] = (bids[0][0] + asks[0][0]) / 2
+
+    counted, seconds, first_s = bare_read(settings, settings.topics.dom, expected, best_mid,
+                                          "snapshot")
+    return {"snapshots": counted, "seconds": seconds, "snapshots_per_s": counted / seconds,
+            "first_message_s": first_s}
 
 
 def _counted_updates(settings: Settings) -> int:
