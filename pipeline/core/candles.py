@@ -143,7 +143,10 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
          now_ms: int, config: CandleConfig, settled: int | None = None) -> FoldResult:
     """Apply one message (``ticks`` from source ``offset``) to a symbol's state.
 
-    ``ticks`` are raw decoded JSON objects; each is checked here. ``symbol`` is the
+    ``ticks`` are raw decoded JSON values, or ``TickRecord`` instances of a frame that
+    decoded whole into them (typed and bounded already); each is checked here, and a
+    ``TickRecord`` this fold cannot take on its fast path is refused (the caller
+    folds the message again from its plain JSON decode). ``symbol`` is the
     message key, already canonical. ``now_ms`` is the wall clock, for the future
     rule only. ``settled`` is the newest source position whose outputs are known to
     be stored downstream (None: every earlier message's, as when the caller writes
@@ -174,6 +177,8 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     part_bucket = None
 
     flow: dict[int, list[int]] | None = {} if config.orderflow else None
+    flow_from = flow_to = 0  # the minute [from, to) whose counts ``up_down`` holds
+    up_down: list[int] = []
     prev_price = None
     if prev is not None:
         pbid, pask = prev[1], prev[2]
@@ -244,11 +249,13 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
         price = (bid + ask) / 2 if bid is not None and ask is not None else (
             bid if bid is not None else ask)
         if flow is not None:  # up- and down-ticks per minute (pipeline.core.orderflow)
-            if prev_price is not None and price != prev_price:
-                minute = ts - ts % 60_000
-                up_down = flow.get(minute)
-                if up_down is None:
-                    up_down = flow[minute] = [0, 0]
+            if price != prev_price and prev_price is not None:
+                if not flow_from <= ts < flow_to:  # another minute than the tick before's
+                    flow_from = ts - ts % 60_000
+                    flow_to = flow_from + 60_000
+                    up_down = flow.get(flow_from)
+                    if up_down is None:
+                        up_down = flow[flow_from] = [0, 0]
                 up_down[price < prev_price] += 1
             prev_price = price
         bucket = ts - ts % bucket_ms
