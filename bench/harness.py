@@ -204,15 +204,12 @@ def bare_read(settings: Settings, topic: str, expected: int,
         # Take each message as soon as it is there: consume(n, timeout) alone would
         # wait out its timeout whenever fewer than n messages are left.
         head = consumer.poll(1.0)
-        if head is None:
-            batch = []
-        else:
-            if first is None:
-                first = time.monotonic()
-            batch = [head, *consumer.consume(9_999, 0)]
+        batch = [] if head is None else [head, *consumer.consume(9_999, 0)]
         for msg in batch:
             if msg.error():
                 continue
+            if first is None:
+                first = time.monotonic()
             value = loads(msg.value())
             frame = value if isinstance(value, list) else [value]
             fold_frame(msg.key(), frame)

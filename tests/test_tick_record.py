@@ -101,8 +101,9 @@ def test_the_record_takes_nothing_the_plain_path_refuses(change: dict[str, Any])
     typed = fold(None, "EUR/USD", records, 0, NOW, CONFIG)
     if plain.rejected:
         assert typed.rejected, "the typed path took a frame the plain path refuses part of"
-    if not typed.rejected:
-        assert (typed.state, typed.candles) == (plain.state, plain.candles)
+    if not typed.rejected:  # as the changelog and the topic would hold them: 1 != 1.0
+        assert (orjson.dumps((typed.state, typed.candles))
+                == orjson.dumps((plain.state, plain.candles)))
 
 
 def test_streams_with_edge_values_fold_to_the_same_bars_either_way() -> None:
@@ -126,6 +127,6 @@ def test_streams_with_edge_values_fold_to_the_same_bars_either_way() -> None:
 
     plain = run(stream, typed=False)
     typed = run(stream, typed=True)
-    assert typed[:3] == plain[:3]
+    assert orjson.dumps(typed[:3]) == orjson.dumps(plain[:3])  # ints and -0.0 told apart
     assert plain[2], "the stream holds ticks the fold refuses"
     assert typed[3] > len(stream) // 2, "most frames took the typed path"

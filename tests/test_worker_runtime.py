@@ -679,6 +679,10 @@ def test_a_message_that_would_outgrow_the_changelog_record_is_dead_lettered(
                  "EUR/USD's bar of its two small messages, and GBP/USD's bar")
         reasons = Counter(r["reason"] for r in dead_letters(settings).values())
         assert reasons == {"state_too_large": len(wide)}, reasons
+        # The frame decoded typed; its dead letters carry the ticks as they were sent.
+        sent = sorted((r["source"]["index"], orjson.loads(r["payload"]))
+                      for r in dead_letters(settings).values())
+        assert sent == list(enumerate(wide))
         detail = next(iter(dead_letters(settings).values()))["detail"]
         assert "FXSTREAM_MAX_STATE_BYTES" in detail and "EUR/USD" in detail
         assert worker.alive()

@@ -50,8 +50,9 @@ _has_control = CONTROL_CHARS.search
 
 class TickRecord(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """The common tick, for the candle fold's fast path: both sides, an int time and
-    numbers within the bounds above. A frame with anything else (a null, a missing
-    side, an unknown field, an integral float time, a bool) does not decode into it
+    numbers within the bounds above. A frame with anything else (a null time, side or
+    volume, a missing side, an unknown field, an integral float time, a bool, a
+    single tick outside a list) does not decode into it
     and goes through `parse_tick` as plain JSON. The symbol's and the provider's text
     rules and the future rule stay with the fold."""
 

@@ -4,9 +4,12 @@ Per source message, in order, for each agent (concurrency 1):
 1. skip it when its logical offset is at or below what the partition applied; when
    it lies past that + 1, read the skipped range directly from Kafka and apply that
    first (Faust's consumer can skip offsets around rebalances);
-2. decode it and check its key: invalid JSON, a key that is not a canonical symbol,
+2. check its key and decode it: invalid JSON, a key that is not a canonical symbol,
    a symbol the configuration does not know (no state is made for it) or a symbol
-   on the wrong partition go to the dead-letter topic with their reason;
+   on the wrong partition go to the dead-letter topic with their reason. A frame
+   that decodes whole into the declaration's record type reaches the fold typed;
+   when the fold refuses anything of it, the message is folded again from its
+   plain JSON decode (the authority, and what dead letters carry);
 3. fold it into the key's state with the agent's pure function, told the newest
    position of the partition whose outputs Kafka has acknowledged ("settled"): the
    state keeps re-sendable whatever the messages after it sent, since Kafka stores
