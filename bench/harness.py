@@ -39,6 +39,7 @@ import psycopg
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
+from pipeline.core.candles import FOLD_LOOP
 from pipeline.monitor import group_lag, total_lag
 from pipeline.settings import Settings, Topics
 from pipeline.topics import create_topics
@@ -339,7 +340,8 @@ def run_all(base: Settings, ticks: int, symbol_count: int, frame_size: int, seed
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "python_loop_s": python_loop_seconds()},
+                    "platform": platform.platform(), "python_loop_s": python_loop_seconds(),
+                    "candle_fold": FOLD_LOOP},
         "ticks": ticks, "symbols": len(symbols), "frame_size": frame_size,
         "event_rate": EVENT_RATE, "skipped": sorted(skip),
         # the lingers set the latency step's floor and its message count

@@ -43,6 +43,7 @@ from pipeline.core import orderflow
 from pipeline.core.ticks import (
     DEFAULT_FUTURE_TOLERANCE_MS,
     MAX_PRICE,
+    MAX_TS_MS,
     MAX_VOLUME,
     TickError,
     TickRecord,
@@ -51,6 +52,16 @@ from pipeline.core.ticks import (
     valid_provider,
 )
 from pipeline.core.timeframes import Timeframe, parse_timeframe
+
+try:
+    from pipeline.core import candle_kernel
+except ImportError:  # not built where fxstream was installed (no C compiler): the plain loop
+    candle_kernel = None  # type: ignore[assignment]
+
+# Where a TickRecord keeps its fields, for the compiled loop; fixed for the process.
+_RECORD_LAYOUT = None if candle_kernel is None else candle_kernel.RecordLayout(TickRecord)
+# Which loop folds a typed frame here, for the worker's log and the benchmark's record.
+FOLD_LOOP = "compiled" if candle_kernel is not None else "plain"
 
 STATE_VERSION = 1
 
@@ -140,7 +151,8 @@ def upgrade_state(state: dict[str, Any] | None, symbol: str,
 
 
 def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: int,
-         now_ms: int, config: CandleConfig, settled: int | None = None) -> FoldResult:
+         now_ms: int, config: CandleConfig, settled: int | None = None,
+         compiled: bool = True) -> FoldResult:
     """Apply one message (``ticks`` from source ``offset``) to a symbol's state.
 
     ``ticks`` are raw decoded JSON values, or ``TickRecord`` instances of a frame that
@@ -152,7 +164,8 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
     be stored downstream (None: every earlier message's, as when the caller writes
     outputs itself); a bar leaves the state only once the message that sent its
     final version is settled, so recovery can always re-send it. The input state is
-    not modified.
+    not modified. ``compiled=False`` keeps a frame of records from the compiled loop
+    (pipeline.core.candle_kernel), which computes the same.
     """
     state = upgrade_state(state, symbol, config)
     if offset <= state["offset"]:
@@ -186,96 +199,109 @@ def fold(state: dict[str, Any] | None, symbol: str, ticks: list[Any], offset: in
             pbid if pbid is not None else pask)
 
     symbol_known = known is None or symbol in known
-    for index, raw in enumerate(ticks):
-        # Fast paths for the common, unremarkable tick: a TickRecord (typed and bounded
-        # as it was decoded) or a dict with an int time and float sides within the
-        # bounds of pipeline.core.ticks; either with the canonical symbol, the time
-        # within the future tolerance, and the provider of the tick before or none.
-        # Anything else goes through the full check (which refuses a TickRecord: the
-        # runtime then folds the message again as plain JSON).
-        if (type(raw) is TickRecord and raw.symbol == symbol and symbol_known
-                and (ts := raw.ts_ms) <= newest_ok
-                and ((tick_provider := raw.provider) is None or tick_provider == ok_provider
-                     # a new provider, checked once (a valid one is never empty)
-                     or (valid_provider(tick_provider) and (ok_provider := tick_provider)))):
-            bid, ask, vol = raw.bid, raw.ask, raw.volume
-        elif (type(raw) is dict and raw.get("symbol") == symbol and symbol_known
-                and type(ts := raw.get("ts_ms")) is int and 0 <= ts <= newest_ok
-                and type(bid := raw.get("bid")) is float and 0.0 < bid <= MAX_PRICE
-                and type(ask := raw.get("ask")) is float and 0.0 < ask <= MAX_PRICE
-                and ((vol := raw.get("volume")) is None
-                     or (type(vol) is float and 0.0 <= vol <= MAX_VOLUME))
-                and ((tick_provider := raw.get("provider")) is None
-                     or tick_provider == ok_provider)):
-            if vol is None:
-                vol = 0.0
-        else:
-            try:
-                tick = parse_tick(raw)
-            except TickError as exc:
-                rejected.append(Rejected(index, exc.reason, exc.detail, raw))
+    scanned = None
+    if (compiled and _RECORD_LAYOUT is not None and symbol_known and type(ticks) is list
+            and ticks and type(ticks[0]) is TickRecord):
+        # The same loop, compiled, for a frame it takes whole (pipeline.core.candle_kernel)
+        scanned = candle_kernel.scan_records(
+            _RECORD_LAYOUT, ticks, symbol, newest_ok, ok_provider, prev, max_ts,
+            min(lateness, MAX_TS_MS + 1), bucket_ms, flow is not None, prev_price,
+            valid_provider)
+    if scanned is not None:
+        partials, max_ts, prev, last_provider, accepted, duplicates, flow = scanned
+        if last_provider is not None:
+            provider = last_provider
+    else:
+        for index, raw in enumerate(ticks):
+            # Fast paths for the common, unremarkable tick: a TickRecord (typed and bounded
+            # as it was decoded) or a dict with an int time and float sides within the
+            # bounds of pipeline.core.ticks; either with the canonical symbol, the time
+            # within the future tolerance, and the provider of the tick before or none.
+            # Anything else goes through the full check (which refuses a TickRecord: the
+            # runtime then folds the message again as plain JSON).
+            if (type(raw) is TickRecord and raw.symbol == symbol and symbol_known
+                    and (ts := raw.ts_ms) <= newest_ok
+                    and ((tick_provider := raw.provider) is None or tick_provider == ok_provider
+                         # a new provider, checked once (a valid one is never empty)
+                         or (valid_provider(tick_provider) and (ok_provider := tick_provider)))):
+                bid, ask, vol = raw.bid, raw.ask, raw.volume
+            elif (type(raw) is dict and raw.get("symbol") == symbol and symbol_known
+                    and type(ts := raw.get("ts_ms")) is int and 0 <= ts <= newest_ok
+                    and type(bid := raw.get("bid")) is float and 0.0 < bid <= MAX_PRICE
+                    and type(ask := raw.get("ask")) is float and 0.0 < ask <= MAX_PRICE
+                    and ((vol := raw.get("volume")) is None
+                         or (type(vol) is float and 0.0 <= vol <= MAX_VOLUME))
+                    and ((tick_provider := raw.get("provider")) is None
+                         or tick_provider == ok_provider)):
+                if vol is None:
+                    vol = 0.0
+            else:
+                try:
+                    tick = parse_tick(raw)
+                except TickError as exc:
+                    rejected.append(Rejected(index, exc.reason, exc.detail, raw))
+                    continue
+                if tick.symbol != symbol:
+                    rejected.append(Rejected(index, "symbol_mismatch",
+                                             f"tick for {tick.symbol} in a message keyed {symbol}",
+                                             raw))
+                    continue
+                if not symbol_known:
+                    rejected.append(Rejected(index, "unknown_symbol",
+                                             f"{symbol} is not among the configured symbols", raw))
+                    continue
+                ts, bid, ask, vol, tick_provider = (tick.ts_ms, tick.bid, tick.ask, tick.volume,
+                                                    tick.provider)
+                if ts > newest_ok:
+                    rejected.append(Rejected(index, "future", f"ts_ms {ts} is {ts - now_ms} ms "
+                                             f"ahead of the wall clock (allowed "
+                                             f"{config.future_tolerance_ms} ms)", raw))
+                    continue
+                if tick_provider is not None:
+                    ok_provider = tick_provider
+            if prev is not None and prev[0] == ts and prev[1] == bid and prev[2] == ask:
+                duplicates += 1
                 continue
-            if tick.symbol != symbol:
-                rejected.append(Rejected(index, "symbol_mismatch",
-                                         f"tick for {tick.symbol} in a message keyed {symbol}",
-                                         raw))
+            if max_ts is not None and ts < max_ts - lateness:
+                rejected.append(Rejected(index, "late", f"{max_ts - ts} ms behind the newest tick "
+                                         f"of {symbol} (allowed {lateness} ms)", raw))
                 continue
-            if not symbol_known:
-                rejected.append(Rejected(index, "unknown_symbol",
-                                         f"{symbol} is not among the configured symbols", raw))
-                continue
-            ts, bid, ask, vol, tick_provider = (tick.ts_ms, tick.bid, tick.ask, tick.volume,
-                                                tick.provider)
-            if ts > newest_ok:
-                rejected.append(Rejected(index, "future", f"ts_ms {ts} is {ts - now_ms} ms "
-                                         f"ahead of the wall clock (allowed "
-                                         f"{config.future_tolerance_ms} ms)", raw))
-                continue
+            prev = (ts, bid, ask)
+            accepted += 1
+            if max_ts is None or ts > max_ts:
+                max_ts = ts
             if tick_provider is not None:
-                ok_provider = tick_provider
-        if prev is not None and prev[0] == ts and prev[1] == bid and prev[2] == ask:
-            duplicates += 1
-            continue
-        if max_ts is not None and ts < max_ts - lateness:
-            rejected.append(Rejected(index, "late", f"{max_ts - ts} ms behind the newest tick "
-                                     f"of {symbol} (allowed {lateness} ms)", raw))
-            continue
-        prev = (ts, bid, ask)
-        accepted += 1
-        if max_ts is None or ts > max_ts:
-            max_ts = ts
-        if tick_provider is not None:
-            provider = tick_provider
-        price = (bid + ask) / 2 if bid is not None and ask is not None else (
-            bid if bid is not None else ask)
-        if flow is not None:  # up- and down-ticks per minute (pipeline.core.orderflow)
-            if price != prev_price and prev_price is not None:
-                if not flow_from <= ts < flow_to:  # another minute than the tick before's
-                    flow_from = ts - ts % 60_000
-                    flow_to = flow_from + 60_000
-                    up_down = flow.get(flow_from)
-                    if up_down is None:
-                        up_down = flow[flow_from] = [0, 0]
-                up_down[price < prev_price] += 1
-            prev_price = price
-        bucket = ts - ts % bucket_ms
-        if bucket != part_bucket or part is None:
-            part = [bucket, price, price, price, price, 1, vol + 0.0, ts, ts]  # -0.0 -> 0.0
-            partials.append(part)
-            part_bucket = bucket
-            continue
-        if price > part[2]:
-            part[2] = price
-        elif price < part[3]:
-            part[3] = price
-        if ts < part[7]:
-            part[1] = price
-            part[7] = ts
-        if ts >= part[8]:
-            part[4] = price
-            part[8] = ts
-        part[5] += 1
-        part[6] += vol
+                provider = tick_provider
+            price = (bid + ask) / 2 if bid is not None and ask is not None else (
+                bid if bid is not None else ask)
+            if flow is not None:  # up- and down-ticks per minute (pipeline.core.orderflow)
+                if price != prev_price and prev_price is not None:
+                    if not flow_from <= ts < flow_to:  # another minute than the tick before's
+                        flow_from = ts - ts % 60_000
+                        flow_to = flow_from + 60_000
+                        up_down = flow.get(flow_from)
+                        if up_down is None:
+                            up_down = flow[flow_from] = [0, 0]
+                    up_down[price < prev_price] += 1
+                prev_price = price
+            bucket = ts - ts % bucket_ms
+            if bucket != part_bucket or part is None:
+                part = [bucket, price, price, price, price, 1, vol + 0.0, ts, ts]  # -0.0 -> 0.0
+                partials.append(part)
+                part_bucket = bucket
+                continue
+            if price > part[2]:
+                part[2] = price
+            elif price < part[3]:
+                part[3] = price
+            if ts < part[7]:
+                part[1] = price
+                part[7] = ts
+            if ts >= part[8]:
+                part[4] = price
+                part[8] = ts
+            part[5] += 1
+            part[6] += vol
 
     new = {
         **state, "offset": offset, "max_ts": max_ts, "prev": list(prev) if prev else None,
