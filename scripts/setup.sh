@@ -21,6 +21,23 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null 2>&1 || py=python3
+
+# The compiled candle loop (setup.py) needs a C compiler and the interpreter's headers;
+# without them fxstream installs and runs the plain Python loop instead.
+cc_pkgs=()
+command -v cc >/dev/null 2>&1 || cc_pkgs+=(gcc libc6-dev)
+"$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(
+    sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
+  || cc_pkgs+=("$(basename "$(readlink -f "$(command -v "$py")")")-dev")
+if [ ${#cc_pkgs[@]} -gt 0 ] && [ "$(id -u)" -eq 0 ]; then
+  echo "fxstream setup: installing ${cc_pkgs[*]} (for the compiled candle loop)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${cc_pkgs[@]}" >/dev/null || echo "fxstream setup: could not install ${cc_pkgs[*]}" >&2
+fi
+
 # promtool checks the alert rules in ops/prometheus (tests/test_observability.py); Debian
 # ships it in the prometheus package, whose server is not wanted running here.
 if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" -ne 0 ]; then
@@ -36,8 +53,6 @@ elif ! command -v promtool >/dev/null 2>&1; then
   fi
 fi
 
-py="${PYTHON:-python3.11}"
-command -v "$py" >/dev/null 2>&1 || py=python3
 stamp=".venv/.fxstream-installed"
 if [ ! -x .venv/bin/python ]; then
   echo "fxstream setup: creating .venv"
