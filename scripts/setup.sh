@@ -33,9 +33,9 @@ command -v cc >/dev/null 2>&1 || cc_pkgs+=(gcc libc6-dev)
   || cc_pkgs+=("$(basename "$(readlink -f "$(command -v "$py")")")-dev")
 if [ ${#cc_pkgs[@]} -gt 0 ] && [ "$(id -u)" -eq 0 ]; then
   echo "fxstream setup: installing ${cc_pkgs[*]} (for the compiled candle loop)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${cc_pkgs[@]}" >/dev/null || echo "fxstream setup: could not install ${cc_pkgs[*]}" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends "${cc_pkgs[@]}" >/dev/null; } \
+    || echo "fxstream setup: could not install ${cc_pkgs[*]}" >&2
 fi
 
 # promtool checks the alert rules in ops/prometheus (tests/test_observability.py); Debian
@@ -58,9 +58,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "fxstream setup: creating .venv"
   "$py" -m venv .venv
 fi
-# setup.py and the .pyx: the compiled candle loop is rebuilt when its source changes.
+# setup.py and the .pyx: the compiled candle loop is rebuilt when its source changes,
+# and when it is missing while a compiler is there (installed since the last run).
+kernel_missing() {
+  command -v cc >/dev/null 2>&1 \
+    && ! .venv/bin/python -c "import pipeline.core.candle_kernel" 2>/dev/null
+}
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-    || [ pipeline/core/candle_kernel.pyx -nt "$stamp" ]; then
+    || [ pipeline/core/candle_kernel.pyx -nt "$stamp" ] || kernel_missing; then
   echo "fxstream setup: installing Python packages"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev,rocksdb,bench]"

@@ -41,12 +41,10 @@ cdef Py_ssize_t _offset(object record, str name) except -1:
     return (<PyMemberDescrObject*><void*>descriptor).d_member.offset
 
 
-cdef inline object _field(object obj, Py_ssize_t offset):
-    """A record's slot, as a new reference (None for an unset slot)."""
-    cdef PyObject* value = (<PyObject**>((<char*>(<PyObject*>obj)) + offset))[0]
-    if value is NULL:
-        return None
-    return <object>value
+cdef inline PyObject* _slot(object obj, Py_ssize_t offset):
+    """A record's slot, borrowed (NULL when unset: the plain loop would raise, so the
+    kernel declines)."""
+    return (<PyObject**>((<char*>(<PyObject*>obj)) + offset))[0]
 
 
 cdef class RecordLayout:
@@ -72,13 +70,14 @@ cdef inline list _partial(int64_t bucket, double o, double h, double l, double c
     return [bucket, o, h, l, c, n, vol, ots, cts]
 
 
-def scan_records(RecordLayout layout, list ticks, str symbol, object newest_ok,
+def scan_records(RecordLayout layout, list ticks, object symbol, object newest_ok,
                  object ok_provider, object prev, object max_ts, object lateness,
                  object bucket_ms, bint orderflow, object prev_price, object valid_provider):
     """The fold's loop over a frame of records; see the module. Returns None, or
     (partials, max_ts, prev, provider, accepted, duplicates, flow)."""
     cdef object record = layout.record
-    cdef Py_ssize_t i, n_ticks = len(ticks)
+    cdef Py_ssize_t i = 0
+    cdef PyObject* slot
     cdef object raw, tick_symbol, tick_provider, value
     cdef object provider = None
     cdef int64_t ts, c_newest, c_lateness, c_bucket_ms, c_max = 0, bucket
@@ -99,6 +98,8 @@ def scan_records(RecordLayout layout, list ticks, str symbol, object newest_ok,
     cdef list up_down = None
     cdef int64_t ups = 0, downs = 0
 
+    if type(symbol) is not str:
+        return None
     if type(newest_ok) is not int or type(lateness) is not int or type(bucket_ms) is not int:
         return None
     if not (0 <= newest_ok < MAX_INT and 0 <= lateness < MAX_INT and 0 < bucket_ms < MAX_INT):
@@ -119,20 +120,30 @@ def scan_records(RecordLayout layout, list ticks, str symbol, object newest_ok,
             return None
         last_price, has_price = PyFloat_AS_DOUBLE(prev_price), True
 
-    for i in range(n_ticks):
+    # The length is read each time round, as Python's own loop does: valid_provider is
+    # Python code and could change the list.
+    while i < len(ticks):
         raw = ticks[i]
+        i += 1
         if type(raw) is not record:
             return None
-        tick_symbol = _field(raw, layout.symbol)
-        if not PyUnicode_CheckExact(tick_symbol) or not (<str>tick_symbol == symbol):
+        slot = _slot(raw, layout.symbol)
+        if slot is NULL or not PyUnicode_CheckExact(<object>slot):
             return None
-        value = _field(raw, layout.ts_ms)
-        if not PyLong_CheckExact(value):
+        tick_symbol = <object>slot
+        if not (<str>tick_symbol == <str>symbol):
             return None
+        slot = _slot(raw, layout.ts_ms)
+        if slot is NULL or not PyLong_CheckExact(<object>slot):
+            return None
+        value = <object>slot
         ts = PyLong_AsLongLongAndOverflow(value, &overflow)
         if overflow or ts < 0 or ts > c_newest:
             return None  # future (or not a time): the plain loop says which
-        tick_provider = _field(raw, layout.provider)
+        slot = _slot(raw, layout.provider)
+        if slot is NULL:
+            return None
+        tick_provider = <object>slot
         if tick_provider is not None and tick_provider is not ok_provider:
             if not PyUnicode_CheckExact(tick_provider):
                 return None
@@ -140,18 +151,18 @@ def scan_records(RecordLayout layout, list ticks, str symbol, object newest_ok,
                 if not valid_provider(tick_provider):
                     return None
                 ok_provider = tick_provider
-        value = _field(raw, layout.bid)
-        if not PyFloat_CheckExact(value):
+        slot = _slot(raw, layout.bid)
+        if slot is NULL or not PyFloat_CheckExact(<object>slot):
             return None
-        bid = PyFloat_AS_DOUBLE(value)
-        value = _field(raw, layout.ask)
-        if not PyFloat_CheckExact(value):
+        bid = PyFloat_AS_DOUBLE(<object>slot)
+        slot = _slot(raw, layout.ask)
+        if slot is NULL or not PyFloat_CheckExact(<object>slot):
             return None
-        ask = PyFloat_AS_DOUBLE(value)
-        value = _field(raw, layout.volume)
-        if not PyFloat_CheckExact(value):
+        ask = PyFloat_AS_DOUBLE(<object>slot)
+        slot = _slot(raw, layout.volume)
+        if slot is NULL or not PyFloat_CheckExact(<object>slot):
             return None
-        vol = PyFloat_AS_DOUBLE(value)
+        vol = PyFloat_AS_DOUBLE(<object>slot)
 
         if has_prev and prev_ts == ts and prev_bid == bid and prev_ask == ask:
             duplicates += 1
