@@ -39,7 +39,7 @@ log = logging.getLogger("fxstream.runtime.fetcher")
 # How many bytes of fetched messages may wait for the agent before the thread stops
 # taking more from librdkafka (which then stops fetching at its own queue's limit).
 MAX_WAITING_BYTES = 32 << 20
-FETCH_PARTITION_BYTES = 8 << 20  # the most one fetch takes of one partition
+FETCH_QUEUE_BACKOFF_MS = 10  # how soon a full queue is looked at again (see __init__)
 MESSAGE_OVERHEAD = 200  # bytes counted per message beside its value (objects, key)
 ERROR_LOG_EVERY_S = 60.0  # a fetch error that repeats is logged again after this long
 _POLL_S = 0.05  # longest a changed assignment waits for the thread
@@ -67,11 +67,12 @@ class SourceFetcher:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": settings.worker_fetch_wait_ms,
             "queued.max.messages.kbytes": 32768,
-            # librdkafka's default, 1 MB a partition a fetch, held a worker draining a
-            # backlog to about a million ticks/s: a round trip brought 6 MB of six
-            # partitions at most, and the agent waited for the next. The broker sends
-            # what is there, so this costs no latency; the queue above bounds memory.
-            "max.partition.fetch.bytes": FETCH_PARTITION_BYTES,
+            # When its queue above is full, librdkafka postpones the partition's next fetch
+            # by fetch.queue.backoff.ms, 1 s by default: an agent that had fallen behind
+            # for a moment then waited a second for data with its queue empty (a worker
+            # draining a backlog of a million ticks took 1.0 to 2.0 s instead of 0.35, and
+            # a burst would hold up live ticks as long).
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             "client.id": f"fxstream-{name}-fetch",
             "logger": logging.getLogger("fxstream.runtime.fetcher.librdkafka"),
         })
